@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace Switchboard.Cli.Commands;
+
+/// <summary>Commands contributed by features (tunnel, tokens, env, logs, exec, status).</summary>
+internal static class ExtraCommands
+{
+    public static IEnumerable<Command> Create()
+    {
+        yield break;
+    }
+}

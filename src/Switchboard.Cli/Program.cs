@@ -1,0 +1,9 @@
+using System.CommandLine;
+using Switchboard.Cli.Commands;
+
+var root = new RootCommand("Switchboard: self-hosted real-time gateway (tunnels, rooms, channels, environments).");
+root.Subcommands.Add(ServeCommand.Create());
+root.Subcommands.Add(TokenCommand.Create());
+foreach (var command in ExtraCommands.Create())
+    root.Subcommands.Add(command);
+return await root.Parse(args).InvokeAsync();

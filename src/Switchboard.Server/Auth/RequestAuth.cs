@@ -1,0 +1,50 @@
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Options;
+
+namespace Switchboard.Server.Auth;
+
+/// <summary>Reads credentials from a request: JWT from <c>?token=</c>, <c>Authorization: Bearer</c> or a cookie; the API key from <c>Authorization: Bearer</c>.</summary>
+public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions> options)
+{
+    private readonly byte[] _apiKeyHash = SHA256.HashData(Encoding.UTF8.GetBytes(options.Value.Auth.ApiKey));
+    private readonly string _cookieName = options.Value.Auth.CookieName;
+
+    public TokenService Tokens => tokens;
+
+    /// <summary>The bearer credential, or null.</summary>
+    public static string? BearerToken(HttpRequest request)
+    {
+        var header = request.Headers.Authorization.ToString();
+        return header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header[7..].Trim() : null;
+    }
+
+    /// <summary>The token from the query string, the Authorization header or the cookie, in that order.</summary>
+    public string? FindToken(HttpRequest request)
+    {
+        if (request.Query.TryGetValue("token", out var q) && !string.IsNullOrEmpty(q))
+            return q.ToString();
+        return BearerToken(request) ?? (request.Cookies.TryGetValue(_cookieName, out var c) ? c : null);
+    }
+
+    /// <summary>Constant-time comparison of a presented key with the configured API key (hashing first hides the length).</summary>
+    public bool IsApiKey(string? presented)
+    {
+        if (string.IsNullOrEmpty(presented))
+            return false;
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes(presented));
+        return CryptographicOperations.FixedTimeEquals(hash, _apiKeyHash);
+    }
+
+    /// <summary>
+    /// Authenticates an HTTP or upgrade request: the API key (as bearer) yields <see cref="Grants.Server"/>, else a JWT is validated.
+    /// </summary>
+    public async ValueTask<TokenValidation> AuthenticateAsync(HttpRequest request)
+    {
+        var bearer = BearerToken(request);
+        if (bearer is not null && IsApiKey(bearer))
+            return new(Grants.Server, null);
+        return await tokens.ValidateAsync(FindToken(request));
+    }
+}

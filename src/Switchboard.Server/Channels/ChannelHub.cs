@@ -1,0 +1,381 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Collections.Immutable;
+using System.Text;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Switchboard.Server.Diagnostics;
+using Switchboard.Server.Storage;
+
+namespace Switchboard.Server.Channels;
+
+/// <summary>Result of a subscribe: where the channel stands and whether the requested gap was recovered.</summary>
+public readonly record struct SubscribeResult(ChannelPosition Position, bool? Recovered, IReadOnlyList<ChannelBroadcast> Missed);
+
+/// <summary>
+/// Channel fan-out for this node. A publish is appended to the store (which assigns the offset), delivered to local
+/// subscribers in offset order, then announced once on the bus for other nodes. Each channel has a gate so that
+/// append, dispatch and subscribe-with-recovery are ordered: a subscriber sees history and live messages without a
+/// gap or a duplicate. Messages from other nodes are dispatched in offset order; a gap (a lost or late bus message)
+/// is filled from the store.
+/// </summary>
+public sealed partial class ChannelHub : IHostedService, IDisposable
+{
+    private const string BusPrefix = "ch:";
+    private readonly ConcurrentDictionary<string, ChannelState> _channels = new(StringComparer.Ordinal);
+    private readonly IChannelStore _store;
+    private readonly IMessageBus _bus;
+    private readonly ChannelOptions _options;
+    private readonly SwitchboardMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly TimeProvider _time;
+    private IDisposable? _busSubscription;
+    private ITimer? _sweep;
+
+    public ChannelHub(IChannelStore store, IMessageBus bus, IOptions<SwitchboardOptions> options, SwitchboardMetrics metrics, ILogger<ChannelHub> logger, TimeProvider time)
+    {
+        _store = store;
+        _bus = bus;
+        _options = options.Value.Channels;
+        _metrics = metrics;
+        _logger = logger;
+        _time = time;
+    }
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        _busSubscription = _bus.Subscribe(BusPrefix + "*", OnBusMessageAsync);
+        _sweep = _time.CreateTimer(_ => _ = SweepAsync(), null, TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(1));
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        _busSubscription?.Dispose();
+        _sweep?.Dispose();
+        return Task.CompletedTask;
+    }
+
+    public void Dispose()
+    {
+        _busSubscription?.Dispose();
+        _sweep?.Dispose();
+    }
+
+    /// <summary>Validates a channel name: 1..N printable ASCII characters without spaces or wildcards.</summary>
+    public bool IsValidName(string? channel, out string error)
+    {
+        error = "";
+        if (string.IsNullOrEmpty(channel))
+        {
+            error = "channel name is required";
+            return false;
+        }
+        if (channel.Length > _options.MaxChannelNameLength)
+        {
+            error = $"channel name longer than {_options.MaxChannelNameLength} characters";
+            return false;
+        }
+        foreach (var c in channel)
+        {
+            if (c <= ' ' || c > '~' || c == '*')
+            {
+                error = "channel names use printable ASCII without spaces or '*'";
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Publishes JSON <paramref name="data"/> (already validated and compact) to a channel.</summary>
+    public async ValueTask<ChannelPosition> PublishAsync(string channel, ReadOnlyMemory<byte> data, string? excludeConnection, CancellationToken cancellationToken)
+    {
+        var state = _channels.GetOrAdd(channel, static c => new ChannelState(c));
+        await state.Gate.WaitAsync(cancellationToken);
+        AppendResult appended;
+        try
+        {
+            appended = await _store.AppendAsync(channel, data, _options.HistorySize, cancellationToken);
+            state.Touch(_time.GetTimestamp());
+            await CatchUpLockedAsync(state, appended.Epoch, appended.Message.Offset - 1, cancellationToken);
+            Dispatch(state, new ChannelBroadcast(channel, appended.Message.Offset, appended.Message.Data, excludeConnection));
+            state.LastDispatched = appended.Message.Offset;
+            state.Epoch = appended.Epoch;
+        }
+        finally
+        {
+            state.Gate.Release();
+        }
+        _metrics.Published();
+        // Tell other nodes; they fetch from their own subscribers' point of view (see OnBusMessageAsync).
+        await _bus.PublishAsync(BusPrefix + channel, EncodeBus(appended.Message.Offset, appended.Epoch, data, excludeConnection), cancellationToken);
+        return new ChannelPosition(appended.Message.Offset, appended.Epoch);
+    }
+
+    /// <summary>
+    /// Subscribes under the channel gate: computes the position, recovers what the subscriber missed since
+    /// <paramref name="since"/> (if given), queues it, then adds the subscriber, so live messages follow without a gap.
+    /// </summary>
+    public async ValueTask<SubscribeResult> SubscribeAsync(string channel, IChannelSubscriber subscriber, Protocol.StreamPosition? since,
+        Action<SubscribeResult> beforeLive, CancellationToken cancellationToken)
+    {
+        var state = _channels.GetOrAdd(channel, static c => new ChannelState(c));
+        await state.Gate.WaitAsync(cancellationToken);
+        try
+        {
+            await EnsureInitializedLockedAsync(state, cancellationToken);
+            var position = new ChannelPosition(state.LastDispatched, state.Epoch!);
+            bool? recovered = null;
+            IReadOnlyList<ChannelBroadcast> missed = [];
+            if (since is not null)
+            {
+                (recovered, missed) = await RecoverLockedAsync(channel, since, position, cancellationToken);
+            }
+            var result = new SubscribeResult(position, recovered, missed);
+            beforeLive(result);
+            ImmutableInterlocked.Update(ref state.Subscribers, static (a, s) => a.Add(s), subscriber);
+            state.Touch(_time.GetTimestamp());
+            return result;
+        }
+        finally
+        {
+            state.Gate.Release();
+        }
+    }
+
+    public void Unsubscribe(string channel, IChannelSubscriber subscriber)
+    {
+        if (_channels.TryGetValue(channel, out var state))
+        {
+            ImmutableInterlocked.Update(ref state.Subscribers, static (a, s) => a.Remove(s), subscriber);
+        }
+    }
+
+    /// <summary>History after an offset, as the HTTP API returns it.</summary>
+    public async ValueTask<(ChannelPosition Position, bool Recovered, IReadOnlyList<StoredMessage> Messages)> HistoryAsync(string channel, long? since, string? epoch, int limit, CancellationToken cancellationToken)
+    {
+        var after = since ?? 0;
+        var history = await _store.ReadAsync(channel, after, limit, cancellationToken);
+        var recovered = history.Complete && (epoch is null || epoch == history.Position.Epoch);
+        return (history.Position, recovered, history.Messages);
+    }
+
+    private async ValueTask<(bool Recovered, IReadOnlyList<ChannelBroadcast> Missed)> RecoverLockedAsync(string channel, Protocol.StreamPosition since, ChannelPosition position, CancellationToken cancellationToken)
+    {
+        if (since.Epoch != position.Epoch || since.Offset > position.Offset || since.Offset < 0)
+            return (false, []);
+        if (since.Offset == position.Offset)
+            return (true, []);
+        var wanted = position.Offset - since.Offset;
+        if (wanted > _options.HistorySize)
+            return (false, []);
+        var history = await _store.ReadAsync(channel, since.Offset, (int)wanted, cancellationToken);
+        if (history.Position.Epoch != position.Epoch)
+            return (false, []);
+        var list = new List<ChannelBroadcast>((int)wanted);
+        var expected = since.Offset + 1;
+        foreach (var m in history.Messages)
+        {
+            if (m.Offset > position.Offset)
+                break;
+            if (m.Offset != expected)
+                return (false, []); // trimmed in between: never a silent gap
+            list.Add(new ChannelBroadcast(channel, m.Offset, m.Data, null));
+            expected++;
+        }
+        return expected == position.Offset + 1 ? (true, list) : (false, []);
+    }
+
+    private async ValueTask EnsureInitializedLockedAsync(ChannelState state, CancellationToken cancellationToken)
+    {
+        if (state.Epoch is not null)
+            return;
+        var position = await _store.GetPositionAsync(state.Name, cancellationToken);
+        state.Epoch = position.Epoch;
+        state.LastDispatched = position.Offset;
+    }
+
+    // Dispatches anything between what this node last dispatched and `upTo` (published by other nodes and not yet seen here).
+    private async ValueTask CatchUpLockedAsync(ChannelState state, string epoch, long upTo, CancellationToken cancellationToken)
+    {
+        if (state.Epoch is null || state.Epoch != epoch)
+        {
+            // First use on this node, or history was reset: nothing to catch up, start from here.
+            state.Epoch = epoch;
+            state.LastDispatched = Math.Max(upTo, 0);
+            return;
+        }
+        while (state.LastDispatched < upTo)
+        {
+            if (state.Subscribers.IsEmpty)
+            {
+                state.LastDispatched = upTo;
+                return;
+            }
+            var history = await _store.ReadAsync(state.Name, state.LastDispatched, (int)Math.Min(upTo - state.LastDispatched, 1000), cancellationToken);
+            if (history.Messages.Count == 0 || history.Messages[0].Offset != state.LastDispatched + 1)
+            {
+                // The gap is no longer in history: subscribers cannot be made whole. Close them so they resubscribe and learn recovered:false.
+                Log.GapNotRecoverable(_logger, state.Name, state.LastDispatched, upTo);
+                foreach (var s in state.Subscribers)
+                    (s as IRecoverableSubscriber)?.Resync(state.Name);
+                state.LastDispatched = upTo;
+                return;
+            }
+            foreach (var m in history.Messages)
+            {
+                if (m.Offset > upTo)
+                    break;
+                Dispatch(state, new ChannelBroadcast(state.Name, m.Offset, m.Data, null));
+                state.LastDispatched = m.Offset;
+            }
+        }
+    }
+
+    private void Dispatch(ChannelState state, ChannelBroadcast broadcast)
+    {
+        var subscribers = state.Subscribers;
+        var exclude = broadcast.ExcludeConnection;
+        foreach (var s in subscribers)
+        {
+            if (exclude is not null && s.Id == exclude)
+                continue;
+            s.Deliver(broadcast);
+        }
+    }
+
+    private async ValueTask OnBusMessageAsync(BusMessage message, CancellationToken cancellationToken)
+    {
+        if (message.SourceNode == _bus.NodeId)
+            return;
+        var channel = message.Topic[BusPrefix.Length..];
+        if (!_channels.TryGetValue(channel, out var state) || state.Subscribers.IsEmpty)
+        {
+            // No local subscriber: remember nothing; a later subscriber initializes from the store.
+            if (state is not null)
+            {
+                await state.Gate.WaitAsync(cancellationToken);
+                state.Epoch = null;
+                state.Gate.Release();
+            }
+            return;
+        }
+        var (offset, epoch, data, exclude) = DecodeBus(message.Payload);
+        await state.Gate.WaitAsync(cancellationToken);
+        try
+        {
+            if (state.Epoch == epoch && offset <= state.LastDispatched)
+                return; // already dispatched (caught up from the store)
+            await CatchUpLockedAsync(state, epoch, offset - 1, cancellationToken);
+            if (state.Epoch == epoch && offset <= state.LastDispatched)
+                return;
+            Dispatch(state, new ChannelBroadcast(channel, offset, data, exclude));
+            state.LastDispatched = offset;
+        }
+        finally
+        {
+            state.Gate.Release();
+        }
+    }
+
+    /// <summary>Called by a bus after it reconnects: every channel with local subscribers catches up from the store.</summary>
+    public async Task CatchUpAllAsync(CancellationToken cancellationToken)
+    {
+        foreach (var state in _channels.Values)
+        {
+            if (state.Subscribers.IsEmpty)
+                continue;
+            await state.Gate.WaitAsync(cancellationToken);
+            try
+            {
+                var position = await _store.GetPositionAsync(state.Name, cancellationToken);
+                await CatchUpLockedAsync(state, position.Epoch, position.Offset, cancellationToken);
+            }
+            finally
+            {
+                state.Gate.Release();
+            }
+        }
+    }
+
+    private async Task SweepAsync()
+    {
+        try
+        {
+            var removed = await _store.TrimOlderThanAsync(_time.GetUtcNow() - _options.HistoryTtl, CancellationToken.None);
+            if (removed > 0)
+                Log.Trimmed(_logger, removed);
+            var now = _time.GetTimestamp();
+            foreach (var (name, state) in _channels)
+            {
+                if (state.Subscribers.IsEmpty && _time.GetElapsedTime(state.LastUsed, now) > TimeSpan.FromMinutes(5) && state.Gate.Wait(0))
+                {
+                    // Removed under its gate; a publisher that still holds this state object only dispatches to nobody.
+                    if (state.Subscribers.IsEmpty)
+                        _channels.TryRemove(new KeyValuePair<string, ChannelState>(name, state));
+                    state.Gate.Release();
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            Log.SweepFailed(_logger, ex);
+        }
+    }
+
+    internal static byte[] EncodeBus(long offset, string epoch, ReadOnlyMemory<byte> data, string? exclude)
+    {
+        var epochBytes = Encoding.UTF8.GetBytes(epoch);
+        var excludeBytes = Encoding.UTF8.GetBytes(exclude ?? "");
+        var buffer = new byte[8 + 1 + epochBytes.Length + 1 + excludeBytes.Length + data.Length];
+        BinaryPrimitives.WriteInt64BigEndian(buffer, offset);
+        buffer[8] = (byte)epochBytes.Length;
+        epochBytes.CopyTo(buffer, 9);
+        buffer[9 + epochBytes.Length] = (byte)excludeBytes.Length;
+        excludeBytes.CopyTo(buffer, 10 + epochBytes.Length);
+        data.Span.CopyTo(buffer.AsSpan(10 + epochBytes.Length + excludeBytes.Length));
+        return buffer;
+    }
+
+    internal static (long Offset, string Epoch, ReadOnlyMemory<byte> Data, string? Exclude) DecodeBus(ReadOnlyMemory<byte> payload)
+    {
+        var span = payload.Span;
+        var offset = BinaryPrimitives.ReadInt64BigEndian(span);
+        int epochLength = span[8];
+        var epoch = Encoding.UTF8.GetString(span.Slice(9, epochLength));
+        int excludeLength = span[9 + epochLength];
+        var exclude = excludeLength == 0 ? null : Encoding.UTF8.GetString(span.Slice(10 + epochLength, excludeLength));
+        return (offset, epoch, payload[(10 + epochLength + excludeLength)..], exclude);
+    }
+
+    private sealed class ChannelState(string name)
+    {
+        public string Name { get; } = name;
+        public SemaphoreSlim Gate { get; } = new(1, 1);
+        public ImmutableArray<IChannelSubscriber> Subscribers = [];
+        public string? Epoch;
+        public long LastDispatched;
+        public long LastUsed;
+
+        public void Touch(long now) => Volatile.Write(ref LastUsed, now);
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(2001, LogLevel.Warning, "Channel {Channel}: messages {From}..{To} are no longer in history; subscribers are asked to resubscribe.")]
+        public static partial void GapNotRecoverable(ILogger logger, string channel, long from, long to);
+
+        [LoggerMessage(2002, LogLevel.Debug, "Trimmed {Count} channel messages past their age limit.")]
+        public static partial void Trimmed(ILogger logger, int count);
+
+        [LoggerMessage(2003, LogLevel.Error, "Channel sweep failed.")]
+        public static partial void SweepFailed(ILogger logger, Exception exception);
+    }
+}
+
+/// <summary>A subscriber that can be told its stream has an unrecoverable gap (it closes so the client resubscribes).</summary>
+public interface IRecoverableSubscriber
+{
+    void Resync(string channel);
+}

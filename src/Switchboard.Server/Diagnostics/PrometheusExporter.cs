@@ -1,0 +1,226 @@
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using System.Text;
+
+namespace Switchboard.Server.Diagnostics;
+
+/// <summary>
+/// Collects every instrument of the Switchboard meters with a <see cref="MeterListener"/> and writes them in the
+/// Prometheus text exposition format (version 0.0.4). Counters become <c>_total</c>, histograms get
+/// cumulative <c>_bucket</c>/<c>_sum</c>/<c>_count</c>, and units in seconds or bytes are appended to the name.
+/// </summary>
+public sealed class PrometheusExporter : IDisposable
+{
+    private static readonly double[] DefaultBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+    private readonly MeterListener _listener = new();
+    private readonly List<InstrumentState> _instruments = [];
+    private readonly Lock _gate = new();
+
+    public PrometheusExporter(IEnumerable<string> meterNames)
+    {
+        var names = meterNames.ToHashSet(StringComparer.Ordinal);
+        _listener.InstrumentPublished = (instrument, listener) =>
+        {
+            if (!names.Contains(instrument.Meter.Name))
+                return;
+            var state = new InstrumentState(instrument);
+            lock (_gate)
+                _instruments.Add(state);
+            listener.EnableMeasurementEvents(instrument, state);
+        };
+        _listener.SetMeasurementEventCallback<long>((i, v, tags, s) => ((InstrumentState)s!).Record(v, tags));
+        _listener.SetMeasurementEventCallback<int>((i, v, tags, s) => ((InstrumentState)s!).Record(v, tags));
+        _listener.SetMeasurementEventCallback<double>((i, v, tags, s) => ((InstrumentState)s!).Record(v, tags));
+        _listener.Start();
+    }
+
+    public string Collect()
+    {
+        _listener.RecordObservableInstruments();
+        var sb = new StringBuilder(4096);
+        InstrumentState[] snapshot;
+        lock (_gate)
+            snapshot = [.. _instruments];
+        foreach (var state in snapshot.OrderBy(s => s.Instrument.Name, StringComparer.Ordinal))
+            state.Write(sb);
+        return sb.ToString();
+    }
+
+    public void Dispose() => _listener.Dispose();
+
+    private static string PromName(Instrument instrument)
+    {
+        var name = instrument.Name.Replace('.', '_').Replace('-', '_');
+        var suffix = instrument.Unit switch
+        {
+            "s" => "_seconds",
+            "By" => "_bytes",
+            "%" => "_percent",
+            _ => "",
+        };
+        if (suffix.Length > 0 && !name.EndsWith(suffix, StringComparison.Ordinal))
+            name += suffix;
+        return name;
+    }
+
+    private static string Escape(string value) => value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
+
+    private static string Format(double v) => double.IsPositiveInfinity(v) ? "+Inf" : v.ToString("R", CultureInfo.InvariantCulture);
+
+    private sealed class InstrumentState(Instrument instrument)
+    {
+        private readonly Lock _gate = new();
+        private readonly List<Series> _series = [];
+        private readonly double[] _buckets = instrument is Histogram<double> h && h.Advice?.HistogramBucketBoundaries is { } b ? [.. b] : DefaultBuckets;
+
+        public Instrument Instrument { get; } = instrument;
+
+        private bool IsHistogram => Instrument is Histogram<double> or Histogram<long> or Histogram<int>;
+        private bool IsGauge => Instrument.GetType().Name.StartsWith("Observable", StringComparison.Ordinal) && !Instrument.GetType().Name.StartsWith("ObservableCounter", StringComparison.Ordinal)
+            || Instrument.GetType().Name.StartsWith("Gauge", StringComparison.Ordinal);
+        private bool IsUpDown => Instrument.GetType().Name.Contains("UpDown", StringComparison.Ordinal);
+
+        public void Record(double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            lock (_gate)
+            {
+                var series = Find(tags);
+                if (IsHistogram)
+                {
+                    series.Count++;
+                    series.Sum += value;
+                    var idx = Array.BinarySearch(_buckets, value);
+                    if (idx < 0)
+                        idx = ~idx;
+                    series.Buckets![idx]++;
+                }
+                else if (IsGauge && !IsUpDown)
+                {
+                    series.Value = value;
+                }
+                else if (Instrument.IsObservable)
+                {
+                    series.Value = value; // observable counters report the running total
+                }
+                else
+                {
+                    series.Value += value;
+                }
+            }
+        }
+
+        private Series Find(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            foreach (var s in _series)
+            {
+                if (s.Matches(tags))
+                    return s;
+            }
+            var created = new Series(tags, IsHistogram ? new long[_buckets.Length + 1] : null);
+            _series.Add(created);
+            return created;
+        }
+
+        public void Write(StringBuilder sb)
+        {
+            var name = PromName(Instrument);
+            var type = IsHistogram ? "histogram" : (IsGauge || IsUpDown) ? "gauge" : "counter";
+            var metric = type == "counter" ? name + "_total" : name;
+            lock (_gate)
+            {
+                if (_series.Count == 0 && !IsGauge)
+                    return;
+                sb.Append("# HELP ").Append(metric).Append(' ').Append(Instrument.Description ?? Instrument.Name).Append('\n');
+                sb.Append("# TYPE ").Append(metric).Append(' ').Append(type).Append('\n');
+                foreach (var s in _series)
+                {
+                    if (type == "histogram")
+                    {
+                        long cumulative = 0;
+                        for (var i = 0; i <= _buckets.Length; i++)
+                        {
+                            cumulative += s.Buckets![i];
+                            var le = i < _buckets.Length ? Format(_buckets[i]) : "+Inf";
+                            sb.Append(name).Append("_bucket");
+                            s.WriteLabels(sb, ("le", le));
+                            sb.Append(' ').Append(cumulative.ToString(CultureInfo.InvariantCulture)).Append('\n');
+                        }
+                        sb.Append(name).Append("_sum");
+                        s.WriteLabels(sb, null);
+                        sb.Append(' ').Append(Format(s.Sum)).Append('\n');
+                        sb.Append(name).Append("_count");
+                        s.WriteLabels(sb, null);
+                        sb.Append(' ').Append(s.Count.ToString(CultureInfo.InvariantCulture)).Append('\n');
+                    }
+                    else
+                    {
+                        sb.Append(metric);
+                        s.WriteLabels(sb, null);
+                        sb.Append(' ').Append(Format(s.Value)).Append('\n');
+                    }
+                }
+            }
+        }
+    }
+
+    private sealed class Series
+    {
+        private readonly KeyValuePair<string, string>[] _labels;
+
+        public Series(ReadOnlySpan<KeyValuePair<string, object?>> tags, long[]? buckets)
+        {
+            _labels = new KeyValuePair<string, string>[tags.Length];
+            for (var i = 0; i < tags.Length; i++)
+                _labels[i] = new(tags[i].Key, Convert.ToString(tags[i].Value, CultureInfo.InvariantCulture) ?? "");
+            Buckets = buckets;
+        }
+
+        public double Value;
+        public double Sum;
+        public long Count;
+        public long[]? Buckets { get; }
+
+        public bool Matches(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            if (tags.Length != _labels.Length)
+                return false;
+            for (var i = 0; i < tags.Length; i++)
+            {
+                if (tags[i].Key != _labels[i].Key)
+                    return false;
+                var v = tags[i].Value;
+                var same = v switch
+                {
+                    string str => str == _labels[i].Value,
+                    int n => _labels[i].Value == n.ToString(CultureInfo.InvariantCulture),
+                    _ => Convert.ToString(v, CultureInfo.InvariantCulture) == _labels[i].Value,
+                };
+                if (!same)
+                    return false;
+            }
+            return true;
+        }
+
+        public void WriteLabels(StringBuilder sb, (string Key, string Value)? extra)
+        {
+            if (_labels.Length == 0 && extra is null)
+                return;
+            sb.Append('{');
+            var first = true;
+            foreach (var l in _labels)
+            {
+                if (!first)
+                    sb.Append(',');
+                first = false;
+                sb.Append(l.Key.Replace('.', '_')).Append("=\"").Append(Escape(l.Value)).Append('"');
+            }
+            if (extra is { } e)
+            {
+                if (!first)
+                    sb.Append(',');
+                sb.Append(e.Key).Append("=\"").Append(e.Value).Append('"');
+            }
+            sb.Append('}');
+        }
+    }
+}

@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Switchboard.Server.Diagnostics;
+
+/// <summary>The gateway's instruments, created once from <see cref="IMeterFactory"/>. Names follow OpenTelemetry conventions.</summary>
+public sealed class SwitchboardMetrics
+{
+    public const string MeterName = "Switchboard";
+
+    private readonly UpDownCounter<long> _activeConnections;
+    private readonly Counter<long> _messagesReceived;
+    private readonly Counter<long> _messagesSent;
+    private readonly Histogram<double> _deliveryDuration;
+    private readonly Histogram<double> _connectionDuration;
+    private readonly Counter<long> _closes;
+    private readonly Counter<long> _slowConsumers;
+    private readonly Counter<long> _published;
+
+    public SwitchboardMetrics(IMeterFactory meterFactory)
+    {
+        Meter = meterFactory.Create(MeterName);
+        _activeConnections = Meter.CreateUpDownCounter<long>("switchboard.connections.active", "{connection}", "Open WebSocket and SSE connections, by endpoint.");
+        _messagesReceived = Meter.CreateCounter<long>("switchboard.messages.received", "{message}", "Messages received from clients, by endpoint.");
+        _messagesSent = Meter.CreateCounter<long>("switchboard.messages.sent", "{message}", "Messages written to clients, by endpoint.");
+        _deliveryDuration = Meter.CreateHistogram<double>("switchboard.delivery.duration", "s", "Time from a message being queued for a connection to it being written to the socket.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] });
+        _connectionDuration = Meter.CreateHistogram<double>("switchboard.connection.duration", "s", "How long connections stayed open, by endpoint.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 14400, 86400] });
+        _closes = Meter.CreateCounter<long>("switchboard.connections.closed", "{connection}", "Connections closed, by endpoint and close code.");
+        _slowConsumers = Meter.CreateCounter<long>("switchboard.connections.slow_consumer", "{connection}", "Connections closed because their outbound queue overflowed.");
+        _published = Meter.CreateCounter<long>("switchboard.channels.published", "{message}", "Messages published to channels.");
+    }
+
+    public Meter Meter { get; }
+
+    public void ConnectionOpened(string endpoint) => _activeConnections.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
+
+    public void ConnectionClosed(string endpoint, int closeCode, TimeSpan duration)
+    {
+        var tag = new KeyValuePair<string, object?>("endpoint", endpoint);
+        _activeConnections.Add(-1, tag);
+        _closes.Add(1, tag, new KeyValuePair<string, object?>("code", closeCode));
+        _connectionDuration.Record(duration.TotalSeconds, tag);
+    }
+
+    public void MessageReceived(string endpoint) => _messagesReceived.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
+
+    public void MessagesSent(string endpoint, int count) => _messagesSent.Add(count, new KeyValuePair<string, object?>("endpoint", endpoint));
+
+    public bool DeliveryDurationEnabled => _deliveryDuration.Enabled;
+
+    public void DeliveryDuration(long enqueuedTimestamp) =>
+        _deliveryDuration.Record(Stopwatch.GetElapsedTime(enqueuedTimestamp).TotalSeconds);
+
+    public void SlowConsumer(string endpoint) => _slowConsumers.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
+
+    public void Published() => _published.Add(1);
+}

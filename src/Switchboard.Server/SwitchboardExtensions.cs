@@ -1,0 +1,90 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+using Switchboard.Server.Auth;
+using Switchboard.Server.Channels;
+using Switchboard.Server.Connections;
+using Switchboard.Server.Diagnostics;
+using Switchboard.Server.Environments;
+using Switchboard.Server.Http;
+using Switchboard.Server.Limits;
+using Switchboard.Server.Rooms;
+using Switchboard.Server.Tunnels;
+
+namespace Switchboard.Server;
+
+/// <summary>Composition root: <c>AddSwitchboard()</c> registers every service, <c>MapSwitchboard()</c> every endpoint. A store (SQLite or PostgreSQL) is added separately.</summary>
+public static class SwitchboardExtensions
+{
+    public static IServiceCollection AddSwitchboard(this IServiceCollection services, Action<SwitchboardOptions>? configure = null)
+    {
+        var options = services.AddOptions<SwitchboardOptions>().BindConfiguration(SwitchboardOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        if (configure is not null)
+            options.Configure(configure);
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SwitchboardOptions>, SwitchboardOptionsValidator>());
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddMetrics();
+        services.TryAddSingleton<SwitchboardMetrics>();
+        services.TryAddSingleton(_ => new PrometheusExporter([SwitchboardMetrics.MeterName]));
+        services.TryAddSingleton<TokenService>();
+        services.TryAddSingleton<RequestAuth>();
+        services.TryAddSingleton<OriginPolicy>();
+        services.TryAddSingleton<ConnectionRateLimiter>();
+        services.TryAddSingleton<ConnectionManager>();
+        services.TryAddSingleton<WsAcceptor>();
+        services.AddHostedService<HeartbeatService>();
+        services.AddHostedService<ShutdownCoordinator>();
+        services.TryAddSingleton<ApiKeyFilter>();
+        services.TryAddSingleton<ChannelHub>();
+        services.AddHostedService(sp => sp.GetRequiredService<ChannelHub>());
+        services.AddRooms();
+        services.AddTunnels();
+        services.AddEnvironments();
+        services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(15));
+        return services;
+    }
+
+    /// <summary>Kestrel and host settings every Switchboard server uses.</summary>
+    public static WebApplicationBuilder ConfigureSwitchboardHost(this WebApplicationBuilder builder)
+    {
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = null; // bounded per endpoint (publish, webhooks, tunnel uploads)
+        });
+        return builder;
+    }
+
+    public static WebApplication MapSwitchboard(this WebApplication app)
+    {
+        // The exporter must exist before instruments are created so it sees them all.
+        app.Services.GetRequiredService<PrometheusExporter>();
+        app.Services.GetRequiredService<SwitchboardMetrics>();
+        app.UseWebSockets();
+        app.UseTunnels();
+        app.MapDiagnostics();
+        app.MapChannels();
+        app.MapRooms();
+        app.MapTunnels();
+        app.MapEnvironments();
+        return app;
+    }
+}
+
+/// <summary>On ApplicationStopping, closes every connection with 1001 and waits (bounded) for queues to drain, before Kestrel stops.</summary>
+internal sealed class ShutdownCoordinator(IHostApplicationLifetime lifetime, ConnectionManager manager) : IHostedService
+{
+    private Task _shutdown = Task.CompletedTask;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        lifetime.ApplicationStopping.Register(() => _shutdown = manager.ShutdownAsync(CancellationToken.None));
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => _shutdown.WaitAsync(cancellationToken);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of the solution on a fresh machine: installs what the tests need (see scripts/test-deps.sh),
+# runs `dotnet test` on every test project, and ends with the totals line "N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")"
+
+./scripts/test-deps.sh
+
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+status=0
+dotnet build Switchboard.slnx -c Release -nologo -v quiet | tail -n 3 || exit 1
+dotnet test Switchboard.slnx -c Release --no-build -nologo \
+  --logger "trx" --results-directory "$results" -- xUnit.ParallelizeTestCollections=true || status=$?
+
+passed=0; failed=0
+for f in "$results"/*.trx; do
+  [ -f "$f" ] || continue
+  counters=$(grep -o '<Counters [^>]*>' "$f" | head -n1)
+  p=$(sed -n 's/.*passed="\([0-9]*\)".*/\1/p' <<<"$counters"); f_=$(sed -n 's/.*failed="\([0-9]*\)".*/\1/p' <<<"$counters")
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f_:-0}))
+done
+if [ "$passed" -eq 0 ] && [ "$status" -eq 0 ]; then
+  echo "no tests ran" >&2
+  status=1
+fi
+echo "${passed} passed, ${failed} failed"
+exit "$status"

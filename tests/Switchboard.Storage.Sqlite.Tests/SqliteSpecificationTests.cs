@@ -1,0 +1,59 @@
+using Microsoft.Data.Sqlite;
+using Switchboard.Server.Storage;
+using Switchboard.Storage.Specification;
+
+namespace Switchboard.Storage.Sqlite.Tests;
+
+/// <summary>A SQLite file in a temp dir per test.</summary>
+internal sealed class SqliteTestDatabase : IAsyncDisposable
+{
+    private readonly List<SqliteDatabase> _databases = [];
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "switchboard-sqlite-tests", Guid.NewGuid().ToString("N"));
+
+    public async Task<SqliteDatabase> OpenAsync()
+    {
+        var db = new SqliteDatabase(Path.Combine(_dir, _databases.Count + ".db"));
+        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations), default);
+        _databases.Add(db);
+        return db;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var db in _databases)
+            await db.DisposeAsync();
+        SqliteConnection.ClearAllPools();
+        try
+        {
+            Directory.Delete(_dir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+public sealed class SqliteChannelStoreTests : ChannelStoreSpecification, IAsyncLifetime
+{
+    private readonly SqliteTestDatabase _db = new();
+    private IChannelStore? _store;
+
+    protected override async Task<IChannelStore> CreateStoreAsync() => _store ??= new SqliteChannelStore(await _db.OpenAsync(), TimeProvider.System);
+
+    protected override async Task<IChannelStore> CreateFreshStoreAsync() => new SqliteChannelStore(await _db.OpenAsync(), TimeProvider.System);
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _db.DisposeAsync().AsTask();
+}
+
+public sealed class SqliteRoomStoreTests : RoomStoreSpecification, IAsyncLifetime
+{
+    private readonly SqliteTestDatabase _db = new();
+
+    protected override async Task<IRoomStore> CreateStoreAsync() => new SqliteRoomStore(await _db.OpenAsync());
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _db.DisposeAsync().AsTask();
+}
