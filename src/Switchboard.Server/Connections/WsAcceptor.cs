@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Switchboard.Protocol;
 using Switchboard.Server.Auth;
+using Switchboard.Server.Diagnostics;
 using Switchboard.Server.Http;
 using Switchboard.Server.Limits;
 
@@ -19,6 +20,7 @@ public sealed partial class WsAcceptor(
     RequestAuth auth,
     ConnectionRateLimiter rateLimiter,
     OriginPolicy origins,
+    SwitchboardMetrics metrics,
     ILogger<WsAcceptor> logger)
 {
     /// <summary>
@@ -79,8 +81,12 @@ public sealed partial class WsAcceptor(
         return connection;
     }
 
-    /// <summary>Refuses an accepted but unregistered connection with a close code.</summary>
-    public static Task RejectAsync(WsConnection connection, int code, string reason) => connection.RejectAsync(code, reason);
+    /// <summary>Refuses an accepted but unregistered connection with a close code (counted in metrics).</summary>
+    public Task RejectAsync(WsConnection connection, int code, string reason)
+    {
+        metrics.ConnectionRejected(connection.Endpoint, code);
+        return connection.RejectAsync(code, reason);
+    }
 
     /// <summary>Runs a registered connection to its end and unregisters it.</summary>
     public async Task RunAsync(WsConnection connection, MessageHandler handler, CancellationToken cancellationToken)

@@ -231,7 +231,7 @@ public sealed partial class WsConnection
                         {
                             if (buffer.Length >= max + 1)
                             {
-                                Close(CloseCodes.MessageTooBig, $"message exceeds {max} bytes", drain: false);
+                                await CloseTooBigAsync(max);
                                 return;
                             }
                             var bigger = ArrayPool<byte>.Shared.Rent(Math.Min(buffer.Length * 2, max + 1));
@@ -248,7 +248,7 @@ public sealed partial class WsConnection
                         length += result.Count;
                         if (length > max)
                         {
-                            Close(CloseCodes.MessageTooBig, $"message exceeds {max} bytes", drain: false);
+                            await CloseTooBigAsync(max);
                             return;
                         }
                     }
@@ -290,6 +290,12 @@ public sealed partial class WsConnection
             Close(CloseCodes.InternalError, "internal error", drain: false);
             await DrainReadsAsync();
         }
+    }
+
+    private async Task CloseTooBigAsync(int max)
+    {
+        Close(CloseCodes.MessageTooBig, $"message exceeds {max} bytes", drain: false);
+        await DrainReadsAsync();
     }
 
     private void OnPeerClosed()

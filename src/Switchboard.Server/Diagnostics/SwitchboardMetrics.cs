@@ -44,6 +44,10 @@ public sealed class SwitchboardMetrics
         _connectionDuration.Record(duration.TotalSeconds, tag);
     }
 
+    /// <summary>A connection refused right after the upgrade (bad token, limits): counted as closed, never active.</summary>
+    public void ConnectionRejected(string endpoint, int closeCode) =>
+        _closes.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint), new KeyValuePair<string, object?>("code", closeCode));
+
     public void MessageReceived(string endpoint) => _messagesReceived.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
 
     public void MessagesSent(string endpoint, int count) => _messagesSent.Add(count, new KeyValuePair<string, object?>("endpoint", endpoint));

@@ -1,0 +1,53 @@
+using System.Net;
+using System.Net.Http.Json;
+using Switchboard.Protocol;
+using Switchboard.Server.Tests.Infrastructure;
+
+namespace Switchboard.Server.Tests.Diagnostics;
+
+public sealed class MetricsTests
+{
+    [Fact]
+    public async Task Metrics_are_prometheus_text_and_need_the_api_key()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        Assert.Equal(HttpStatusCode.Unauthorized, (await gw.Http.GetAsync("metrics")).StatusCode);
+
+        await using (var s = await gw.ConnectChannelsAsync())
+        {
+            await s.SendJsonAsync(new { type = "subscribe", channel = "m" });
+            await s.ReceiveTypeAsync("subscribed");
+            await gw.Api.PostAsJsonAsync("api/v1/channels/m/messages", new { data = 1 });
+            await s.ReceiveTypeAsync("message");
+            var during = await gw.Api.GetStringAsync("metrics");
+            Assert.Contains("switchboard_connections_active{endpoint=\"channels\"} 1", during);
+        }
+        await using (var bad = await gw.ConnectAsync("api/v1/ws?token=bad"))
+            Assert.Equal(CloseCodes.Unauthorized, await bad.WaitForCloseAsync());
+
+        string text = "";
+        for (var i = 0; i < 50 && !text.Contains("code=\"1000\""); i++)
+        {
+            await Task.Delay(50);
+            text = await gw.Api.GetStringAsync("metrics");
+        }
+        Assert.Contains("# TYPE switchboard_messages_sent_total counter", text);
+        Assert.Contains("switchboard_messages_received_total{endpoint=\"channels\"}", text);
+        Assert.Contains("# TYPE switchboard_delivery_duration_seconds histogram", text);
+        Assert.Contains("switchboard_delivery_duration_seconds_bucket{le=\"+Inf\"}", text);
+        Assert.Contains("switchboard_connection_duration_seconds_count{endpoint=\"channels\"} 1", text);
+        Assert.Contains("switchboard_connections_closed_total{endpoint=\"channels\",code=\"1000\"} 1", text);
+        Assert.Contains("switchboard_connections_closed_total{endpoint=\"channels\",code=\"4401\"} 1", text);
+        Assert.Contains("switchboard_connections_active{endpoint=\"channels\"} 0", text);
+        Assert.Contains("switchboard_channels_published_total 1", text);
+    }
+
+    [Fact]
+    public async Task Healthz_is_ok_while_serving()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var response = await gw.Http.GetAsync("healthz");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("ok\n", await response.Content.ReadAsStringAsync());
+    }
+}
