@@ -21,6 +21,7 @@ namespace Switchboard.Protocol;
 [JsonSerializable(typeof(HistoryResponse))]
 [JsonSerializable(typeof(ProblemBody))]
 [JsonSerializable(typeof(System.Text.Json.JsonElement))]
+[JsonSerializable(typeof(string))]
 public sealed partial class ProtocolJsonContext : JsonSerializerContext;
 
 /// <summary>Error body of every HTTP API error: a stable code and a sentence for people.</summary>
