@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace Switchboard.Cli.Tests;
+
+/// <summary>Runs the real <c>switchboard</c> CLI (the built switchboard.dll next to the tests) as a child process.</summary>
+internal sealed class CliProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _stdout = new();
+    private readonly StringBuilder _stderr = new();
+    private readonly Lock _gate = new();
+
+    private CliProcess(Process process)
+    {
+        _process = process;
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_gate) _stdout.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_gate) _stderr.AppendLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+    }
+
+    public static string Dll => Path.Combine(AppContext.BaseDirectory, "switchboard.dll");
+
+    public string Stdout { get { lock (_gate) return _stdout.ToString(); } }
+    public string Stderr { get { lock (_gate) return _stderr.ToString(); } }
+    public Process Process => _process;
+
+    public static CliProcess Start(string workingDirectory, IDictionary<string, string>? env, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Dll);
+        foreach (var a in args)
+            psi.ArgumentList.Add(a);
+        foreach (var key in new[] { "SWITCHBOARD_JWT_SECRET", "SWITCHBOARD_API_KEY", "SWITCHBOARD_DATABASE", "SWITCHBOARD_URLS", "SWITCHBOARD_DATA_DIR" })
+            psi.Environment.Remove(key);
+        if (env is not null)
+            foreach (var (k, v) in env)
+                psi.Environment[k] = v;
+        return new CliProcess(Process.Start(psi)!);
+    }
+
+    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(string workingDirectory, IDictionary<string, string>? env, params string[] args)
+    {
+        await using var p = Start(workingDirectory, env, args);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await p._process.WaitForExitAsync(cts.Token);
+        p._process.WaitForExit(); // flush redirected output
+        return (p._process.ExitCode, p.Stdout, p.Stderr);
+    }
+
+    public async Task<string> WaitForOutputAsync(string text, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < deadline)
+        {
+            if (Stdout.Contains(text, StringComparison.Ordinal))
+                return Stdout;
+            if (_process.HasExited)
+                throw new InvalidOperationException($"process exited with {_process.ExitCode}: {Stdout}\n{Stderr}");
+            await Task.Delay(50);
+        }
+        throw new TimeoutException($"'{text}' not printed within {timeout}: {Stdout}\n{Stderr}");
+    }
+
+    /// <summary>SIGTERM (graceful shutdown) and wait.</summary>
+    public async Task<int> StopAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _ = Kill(_process.Id, 15);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            await _process.WaitForExitAsync(cts.Token);
+        }
+        return _process.ExitCode;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            try
+            {
+                await StopAsync();
+            }
+            catch (OperationCanceledException)
+            {
+                _process.Kill(entireProcessTree: true);
+            }
+        }
+        _process.Dispose();
+    }
+}
