@@ -70,7 +70,7 @@ public sealed class PrometheusExporter : IDisposable
     private sealed class InstrumentState(Instrument instrument)
     {
         private readonly Lock _gate = new();
-        private readonly List<Series> _series = [];
+        private Series[] _seriesSnapshot = [];
         private readonly double[] _buckets = instrument is Histogram<double> h && h.Advice?.HistogramBucketBoundaries is { } b ? [.. b] : DefaultBuckets;
 
         public Instrument Instrument { get; } = instrument;
@@ -80,45 +80,49 @@ public sealed class PrometheusExporter : IDisposable
             || Instrument.GetType().Name.StartsWith("Gauge", StringComparison.Ordinal);
         private bool IsUpDown => Instrument.GetType().Name.Contains("UpDown", StringComparison.Ordinal);
 
+        // Hot path (every delivered message records a latency): lock-free. Series are found in a copy-on-write
+        // array and updated with interlocked operations; only creating a new label set takes the lock.
         public void Record(double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
         {
-            lock (_gate)
+            var series = Find(tags);
+            if (IsHistogram)
             {
-                var series = Find(tags);
-                if (IsHistogram)
-                {
-                    series.Count++;
-                    series.Sum += value;
-                    var idx = Array.BinarySearch(_buckets, value);
-                    if (idx < 0)
-                        idx = ~idx;
-                    series.Buckets![idx]++;
-                }
-                else if (IsGauge && !IsUpDown)
-                {
-                    series.Value = value;
-                }
-                else if (Instrument.IsObservable)
-                {
-                    series.Value = value; // observable counters report the running total
-                }
-                else
-                {
-                    series.Value += value;
-                }
+                Interlocked.Increment(ref series.Count);
+                series.AddSum(value);
+                var idx = Array.BinarySearch(_buckets, value);
+                if (idx < 0)
+                    idx = ~idx;
+                Interlocked.Increment(ref series.Buckets![idx]);
+            }
+            else if ((IsGauge && !IsUpDown) || Instrument.IsObservable)
+            {
+                Volatile.Write(ref series.Value, value); // gauges and observable counters report the current value
+            }
+            else
+            {
+                series.AddValue(value);
             }
         }
 
         private Series Find(ReadOnlySpan<KeyValuePair<string, object?>> tags)
         {
-            foreach (var s in _series)
+            var all = Volatile.Read(ref _seriesSnapshot);
+            foreach (var s in all)
             {
                 if (s.Matches(tags))
                     return s;
             }
-            var created = new Series(tags, IsHistogram ? new long[_buckets.Length + 1] : null);
-            _series.Add(created);
-            return created;
+            lock (_gate)
+            {
+                foreach (var s in _seriesSnapshot)
+                {
+                    if (s.Matches(tags))
+                        return s;
+                }
+                var created = new Series(tags, IsHistogram ? new long[_buckets.Length + 1] : null);
+                Volatile.Write(ref _seriesSnapshot, [.. _seriesSnapshot, created]);
+                return created;
+            }
         }
 
         public void Write(StringBuilder sb)
@@ -126,20 +130,20 @@ public sealed class PrometheusExporter : IDisposable
             var name = PromName(Instrument);
             var type = IsHistogram ? "histogram" : (IsGauge || IsUpDown) ? "gauge" : "counter";
             var metric = type == "counter" ? name + "_total" : name;
-            lock (_gate)
+            var all = Volatile.Read(ref _seriesSnapshot);
             {
-                if (_series.Count == 0 && !IsGauge)
+                if (all.Length == 0 && !IsGauge)
                     return;
                 sb.Append("# HELP ").Append(metric).Append(' ').Append(Instrument.Description ?? Instrument.Name).Append('\n');
                 sb.Append("# TYPE ").Append(metric).Append(' ').Append(type).Append('\n');
-                foreach (var s in _series)
+                foreach (var s in all)
                 {
                     if (type == "histogram")
                     {
                         long cumulative = 0;
                         for (var i = 0; i <= _buckets.Length; i++)
                         {
-                            cumulative += s.Buckets![i];
+                            cumulative += Interlocked.Read(ref s.Buckets![i]);
                             var le = i < _buckets.Length ? Format(_buckets[i]) : "+Inf";
                             sb.Append(name).Append("_bucket");
                             s.WriteLabels(sb, ("le", le));
@@ -179,6 +183,28 @@ public sealed class PrometheusExporter : IDisposable
         public double Sum;
         public long Count;
         public long[]? Buckets { get; }
+
+        public void AddValue(double v)
+        {
+            double current, updated;
+            do
+            {
+                current = Volatile.Read(ref Value);
+                updated = current + v;
+            }
+            while (Interlocked.CompareExchange(ref Value, updated, current) != current);
+        }
+
+        public void AddSum(double v)
+        {
+            double current, updated;
+            do
+            {
+                current = Volatile.Read(ref Sum);
+                updated = current + v;
+            }
+            while (Interlocked.CompareExchange(ref Sum, updated, current) != current);
+        }
 
         public bool Matches(ReadOnlySpan<KeyValuePair<string, object?>> tags)
         {
