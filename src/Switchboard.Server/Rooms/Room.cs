@@ -59,6 +59,7 @@ public sealed class Room
     private readonly TimeProvider _time;
     private readonly TimeSpan _reconnectGrace;
     private RoomMember? _host;
+    private List<RoomMember>? _dropped;
     private bool _closed;
 
     internal Room(RoomRecord record, IRoomProtocol protocol, TimeProvider time, TimeSpan reconnectGrace)
@@ -97,17 +98,24 @@ public sealed class Room
         var clientSecret = RoomSecrets.NewSecret();
         lock (_gate)
         {
-            if (_closed)
-                return new(JoinStatus.Closed, null);
-            if (_members.Count >= Record.MaxClients)
-                return new(JoinStatus.Full, null);
-            string clientId;
-            do
-                clientId = RoomSecrets.NewClientId();
-            while (Find(clientId) is not null || _departed.ContainsKey(clientId));
-            var member = new RoomMember(clientId, RoomSecrets.Hash(clientSecret), connection, _time.GetUtcNow());
-            AddLocked(member, clientSecret, reconnected: false);
-            return new(JoinStatus.Joined, member);
+            try
+            {
+                if (_closed)
+                    return new(JoinStatus.Closed, null);
+                if (_members.Count >= Record.MaxClients)
+                    return new(JoinStatus.Full, null);
+                string clientId;
+                do
+                    clientId = RoomSecrets.NewClientId();
+                while (Find(clientId) is not null || _departed.ContainsKey(clientId));
+                var member = new RoomMember(clientId, RoomSecrets.Hash(clientSecret), connection, _time.GetUtcNow());
+                AddLocked(member, clientSecret, reconnected: false);
+                return new(JoinStatus.Joined, member);
+            }
+            finally
+            {
+                ReapLocked();
+            }
         }
     }
 
@@ -123,28 +131,35 @@ public sealed class Room
         {
             lock (_gate)
             {
-                if (_closed)
-                    return new(JoinStatus.Closed, null);
-                PruneDepartedLocked();
-                if (Find(clientId) is { } live)
+                try
                 {
-                    if (!CryptographicOperations.FixedTimeEquals(live.SecretHash, presented))
+                    if (_closed)
+                        return new(JoinStatus.Closed, null);
+                    PruneDepartedLocked();
+                    if (Find(clientId) is { } live)
+                    {
+                        if (!CryptographicOperations.FixedTimeEquals(live.SecretHash, presented))
+                            return new(JoinStatus.BadClientSecret, null);
+                        replaced = live.Connection;
+                        live.Connection = connection;
+                        SendConnectedLocked(live, clientSecret, reconnected: true);
+                        return new(JoinStatus.Joined, live);
+                    }
+                    if (!_departed.TryGetValue(clientId, out var departed))
+                        return new(JoinStatus.ReconnectExpired, null);
+                    if (!CryptographicOperations.FixedTimeEquals(departed.SecretHash, presented))
                         return new(JoinStatus.BadClientSecret, null);
-                    replaced = live.Connection;
-                    live.Connection = connection;
-                    SendConnectedLocked(live, clientSecret, reconnected: true);
-                    return new(JoinStatus.Joined, live);
+                    if (_members.Count >= Record.MaxClients)
+                        return new(JoinStatus.Full, null);
+                    _departed.Remove(clientId);
+                    var member = new RoomMember(clientId, departed.SecretHash, connection, _time.GetUtcNow());
+                    AddLocked(member, clientSecret, reconnected: true);
+                    return new(JoinStatus.Joined, member);
                 }
-                if (!_departed.TryGetValue(clientId, out var departed))
-                    return new(JoinStatus.ReconnectExpired, null);
-                if (!CryptographicOperations.FixedTimeEquals(departed.SecretHash, presented))
-                    return new(JoinStatus.BadClientSecret, null);
-                if (_members.Count >= Record.MaxClients)
-                    return new(JoinStatus.Full, null);
-                _departed.Remove(clientId);
-                var member = new RoomMember(clientId, departed.SecretHash, connection, _time.GetUtcNow());
-                AddLocked(member, clientSecret, reconnected: true);
-                return new(JoinStatus.Joined, member);
+                finally
+                {
+                    ReapLocked();
+                }
             }
         }
         finally
@@ -161,11 +176,18 @@ public sealed class Room
     {
         lock (_gate)
         {
-            if (_closed || !ReferenceEquals(member.Connection, connection) || !_members.Remove(member))
-                return;
-            PruneDepartedLocked();
-            _departed[member.ClientId] = new Departed(member.SecretHash, _time.GetTimestamp());
-            RemovedLocked(member, reason);
+            try
+            {
+                if (_closed || !ReferenceEquals(member.Connection, connection) || !_members.Remove(member))
+                    return;
+                PruneDepartedLocked();
+                _departed[member.ClientId] = new Departed(member.SecretHash, _time.GetTimestamp());
+                RemovedLocked(member, reason);
+            }
+            finally
+            {
+                ReapLocked();
+            }
         }
     }
 
@@ -174,45 +196,52 @@ public sealed class Room
     {
         lock (_gate)
         {
-            if (_closed || !_members.Contains(sender))
-                return new RoomDenial("not_connected", "you are no longer a member of this room");
-            RelayTarget target;
-            RoomMember? recipient = null;
-            string addressed;
-            switch (to)
+            try
             {
-                case "broadcast":
-                    target = RelayTarget.Broadcast;
-                    addressed = "broadcast";
-                    break;
-                case "host":
-                    target = RelayTarget.Host;
-                    addressed = "host";
-                    recipient = _host;
-                    if (recipient is null)
-                        return new RoomDenial("no_host", "the room has no host right now");
-                    if (ReferenceEquals(recipient, sender))
-                        return new RoomDenial("bad_target", "you are the host");
-                    break;
-                default:
-                    target = RelayTarget.Client;
-                    addressed = "direct";
-                    recipient = Find(to);
-                    if (recipient is null)
-                        return new RoomDenial("unknown_client", $"no member '{to}' in this room");
-                    if (ReferenceEquals(recipient, sender))
-                        return new RoomDenial("bad_target", "cannot relay to yourself");
-                    break;
+                if (_closed || !_members.Contains(sender))
+                    return new RoomDenial("not_connected", "you are no longer a member of this room");
+                RelayTarget target;
+                RoomMember? recipient = null;
+                string addressed;
+                switch (to)
+                {
+                    case "broadcast":
+                        target = RelayTarget.Broadcast;
+                        addressed = "broadcast";
+                        break;
+                    case "host":
+                        target = RelayTarget.Host;
+                        addressed = "host";
+                        recipient = _host;
+                        if (recipient is null)
+                            return new RoomDenial("no_host", "the room has no host right now");
+                        if (ReferenceEquals(recipient, sender))
+                            return new RoomDenial("bad_target", "you are the host");
+                        break;
+                    default:
+                        target = RelayTarget.Client;
+                        addressed = "direct";
+                        recipient = Find(to);
+                        if (recipient is null)
+                            return new RoomDenial("unknown_client", $"no member '{to}' in this room");
+                        if (ReferenceEquals(recipient, sender))
+                            return new RoomDenial("bad_target", "cannot relay to yourself");
+                        break;
+                }
+                if (Protocol.CanRelay(sender, target, recipient) is { } denial)
+                    return denial;
+                // Serialized once; the same bytes are queued for every recipient.
+                var frame = JsonSerializer.SerializeToUtf8Bytes(new RoomRelayMessage(sender.ClientId, addressed, data), RoomsJsonContext.Default.RoomRelayMessage);
+                if (recipient is not null)
+                    DeliverLocal([recipient], frame);
+                else
+                    DeliverLocal(_members.Where(m => !ReferenceEquals(m, sender)), frame);
+                return null;
             }
-            if (Protocol.CanRelay(sender, target, recipient) is { } denial)
-                return denial;
-            // Serialized once; the same bytes are queued for every recipient.
-            var frame = JsonSerializer.SerializeToUtf8Bytes(new RoomRelayMessage(sender.ClientId, addressed, data), RoomsJsonContext.Default.RoomRelayMessage);
-            if (recipient is not null)
-                DeliverLocal([recipient], frame);
-            else
-                DeliverLocal(_members.Where(m => !ReferenceEquals(m, sender)), frame);
-            return null;
+            finally
+            {
+                ReapLocked();
+            }
         }
     }
 
@@ -221,19 +250,26 @@ public sealed class Room
     {
         lock (_gate)
         {
-            if (_closed || !_members.Contains(actor))
-                return new RoomDenial("not_connected", "you are no longer a member of this room");
-            var target = Find(clientId);
-            if (target is null)
-                return new RoomDenial("unknown_client", $"no member '{clientId}' in this room");
-            if (ReferenceEquals(target, actor))
-                return new RoomDenial("bad_target", "cannot kick yourself");
-            if (Protocol.CanKick(actor, target) is { } denial)
-                return denial;
-            _members.Remove(target);
-            target.Connection.Close(CloseCodes.Kicked, "kicked by the host", drain: true);
-            RemovedLocked(target, "kicked");
-            return null;
+            try
+            {
+                if (_closed || !_members.Contains(actor))
+                    return new RoomDenial("not_connected", "you are no longer a member of this room");
+                var target = Find(clientId);
+                if (target is null)
+                    return new RoomDenial("unknown_client", $"no member '{clientId}' in this room");
+                if (ReferenceEquals(target, actor))
+                    return new RoomDenial("bad_target", "cannot kick yourself");
+                if (Protocol.CanKick(actor, target) is { } denial)
+                    return denial;
+                _members.Remove(target);
+                target.Connection.Close(CloseCodes.Kicked, "kicked by the host", drain: true);
+                RemovedLocked(target, "kicked");
+                return null;
+            }
+            finally
+            {
+                ReapLocked();
+            }
         }
     }
 
@@ -242,17 +278,24 @@ public sealed class Room
     {
         lock (_gate)
         {
-            if (_closed || !_members.Contains(actor))
-                return new RoomDenial("not_connected", "you are no longer a member of this room");
-            var target = Find(clientId);
-            if (target is null)
-                return new RoomDenial("unknown_client", $"no member '{clientId}' in this room");
-            if (Protocol.CanGrantHost(actor, target) is { } denial)
-                return denial;
-            if (ReferenceEquals(target, _host))
-                return new RoomDenial("bad_target", $"'{clientId}' is already the host");
-            SetHostLocked(target, "granted");
-            return null;
+            try
+            {
+                if (_closed || !_members.Contains(actor))
+                    return new RoomDenial("not_connected", "you are no longer a member of this room");
+                var target = Find(clientId);
+                if (target is null)
+                    return new RoomDenial("unknown_client", $"no member '{clientId}' in this room");
+                if (Protocol.CanGrantHost(actor, target) is { } denial)
+                    return denial;
+                if (ReferenceEquals(target, _host))
+                    return new RoomDenial("bad_target", $"'{clientId}' is already the host");
+                SetHostLocked(target, "granted");
+                return null;
+            }
+            finally
+            {
+                ReapLocked();
+            }
         }
     }
 
@@ -271,6 +314,7 @@ public sealed class Room
                 m.Connection.Close(closing.CloseCode, closing.Reason, drain: true);
             _members.Clear();
             _departed.Clear();
+            _dropped = null;
             _host = null;
         }
     }
@@ -335,12 +379,48 @@ public sealed class Room
     /// The single point where room traffic reaches this node's members: queues one shared frame per recipient.
     /// Never blocks; a full queue closes that member alone (4008), whose leave is handled when its connection ends.
     /// </summary>
-    private static void DeliverLocal(IEnumerable<RoomMember> recipients, byte[] frame)
+    private void DeliverLocal(IEnumerable<RoomMember> recipients, byte[] frame)
     {
         var outbound = OutboundFrame.Text(frame);
         foreach (var m in recipients)
-            m.Connection.TrySend(outbound);
+        {
+            if (!m.Connection.TrySend(outbound) && m.Connection.IsClosing)
+                (_dropped ??= []).Add(m);
+        }
     }
+
+    /// <summary>
+    /// Removes members whose connection is closing (a slow consumer closed by <see cref="DeliverLocal"/>, a dead peer)
+    /// right away, rather than when their connection finally ends, so the others learn of it at once and the
+    /// room stops queuing frames for them. Their identity stays reusable for the reconnect grace period.
+    /// </summary>
+    private void ReapLocked()
+    {
+        while (_dropped is { Count: > 0 } dropped)
+        {
+            _dropped = null;
+            foreach (var m in dropped)
+            {
+                if (_closed || !_members.Remove(m))
+                    continue;
+                _departed[m.ClientId] = new Departed(m.SecretHash, _time.GetTimestamp());
+                RemovedLocked(m, LeaveReason(m.Connection.CloseCode));
+            }
+        }
+    }
+
+    /// <summary>The <c>reason</c> of <c>client_left</c> for a connection that ended with <paramref name="closeCode"/>.</summary>
+    internal static string LeaveReason(int closeCode) => closeCode switch
+    {
+        CloseCodes.Normal => "left",
+        CloseCodes.GoingAway => "server shutting down",
+        CloseCodes.SlowConsumer => "slow consumer",
+        CloseCodes.Stale => "heartbeat timeout",
+        CloseCodes.PolicyViolation => "protocol violation",
+        CloseCodes.MessageTooBig => "message too big",
+        1006 => "connection lost",
+        _ => "disconnected",
+    };
 
     private RoomMember? Find(string clientId)
     {

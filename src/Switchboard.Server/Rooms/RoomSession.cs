@@ -53,7 +53,7 @@ internal sealed class RoomSession(WsConnection connection, RoomManager rooms, bo
     public void OnClosed()
     {
         if (_room is { } room && _member is { } member)
-            room.Leave(member, connection, LeaveReason(connection.CloseCode));
+            room.Leave(member, connection, Room.LeaveReason(connection.CloseCode));
     }
 
     private async ValueTask ConnectAsync(RoomClientMessage message, CancellationToken cancellationToken)
@@ -129,16 +129,4 @@ internal sealed class RoomSession(WsConnection connection, RoomManager rooms, bo
         if (denial is not null)
             connection.TrySendJson(new RoomErrorMessage(denial.Code, denial.Message), RoomsJsonContext.Default.RoomErrorMessage);
     }
-
-    private static string LeaveReason(int closeCode) => closeCode switch
-    {
-        CloseCodes.Normal => "left",
-        CloseCodes.GoingAway => "server shutting down",
-        CloseCodes.SlowConsumer => "slow consumer",
-        CloseCodes.Stale => "heartbeat timeout",
-        CloseCodes.PolicyViolation => "protocol violation",
-        CloseCodes.MessageTooBig => "message too big",
-        1006 => "connection lost",
-        _ => "disconnected",
-    };
 }
