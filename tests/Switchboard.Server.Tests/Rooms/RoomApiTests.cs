@@ -1,9 +1,12 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using Switchboard.Protocol;
+using Switchboard.Server.Storage;
 using Switchboard.Server.Tests.Infrastructure;
 
 namespace Switchboard.Server.Tests.Rooms;
@@ -110,6 +113,24 @@ public sealed class RoomApiTests
 
         Assert.Equal(HttpStatusCode.NotFound, (await gw.Api.GetAsync("v1/api/rooms/nope")).StatusCode);
         Assert.Equal(HttpStatusCode.NotFound, (await gw.Api.DeleteAsync("v1/api/rooms/nope")).StatusCode);
+    }
+
+    [Fact]
+    public async Task The_store_keeps_only_a_hash_of_the_secret()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var (id, secret, _) = await RoomTestKit.CreateRoomAsync(gw);
+        var store = gw.Services.GetRequiredService<IRoomStore>();
+        var record = await store.GetAsync(id, default);
+        Assert.NotNull(record);
+        Assert.Equal(SHA256.HashData(Encoding.UTF8.GetBytes(secret)), record.SecretHash);
+        await gw.App.StopAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        foreach (var file in Directory.GetFiles(gw.DataDir))
+        {
+            var bytes = await File.ReadAllBytesAsync(file);
+            Assert.Equal(-1, bytes.AsSpan().IndexOf(Encoding.UTF8.GetBytes(secret)));
+        }
     }
 
     [Fact]
