@@ -30,6 +30,9 @@ public sealed partial class RoomManager(
     private readonly RoomOptions _options = options.Value.Rooms;
     private int? _storedCount;
 
+    /// <summary>Room ids are 16 hex characters; anything much longer is not looked up.</summary>
+    private const int MaxIdLength = 64;
+
     public RoomProtocols Protocols => protocols;
 
     /// <summary>Creates and stores a room; returns it with its secret (shown once), or why it could not be created.</summary>
@@ -60,6 +63,8 @@ public sealed partial class RoomManager(
     {
         if (_rooms.TryGetValue(id, out var room))
             return room;
+        if (id.Length > MaxIdLength)
+            return null; // not an id this gateway issued: no store lookup
         await _gate.WaitAsync(cancellationToken);
         try
         {
@@ -118,7 +123,8 @@ public sealed partial class RoomManager(
     /// <summary>One room with its members, or null.</summary>
     public async Task<RoomInfoResponse?> DescribeAsync(string id, CancellationToken cancellationToken)
     {
-        var record = _rooms.TryGetValue(id, out var room) ? room.Record : await store.GetAsync(id, cancellationToken);
+        var record = _rooms.TryGetValue(id, out var room) ? room.Record
+            : id.Length > MaxIdLength ? null : await store.GetAsync(id, cancellationToken);
         return record is null ? null : Describe(record, includeMembers: true);
     }
 

@@ -6,7 +6,7 @@ using Switchboard.Server.Tests.Infrastructure;
 namespace Switchboard.Server.Tests.Rooms;
 
 /// <summary>A room member as a test sees it: its socket and the identity from <c>connected</c>.</summary>
-internal sealed record RoomClient(TestSocket Socket, string ClientId, string ClientSecret, bool Host, JsonElement Connected);
+internal sealed record TestMember(TestSocket Socket, string ClientId, string ClientSecret, bool Host, JsonElement Connected);
 
 internal static class RoomTestKit
 {
@@ -26,32 +26,32 @@ internal static class RoomTestKit
         return socket;
     }
 
-    public static async Task<RoomClient> JoinAsync(TestGateway gw, string room, string secret, string? token = null)
+    public static async Task<TestMember> JoinAsync(TestGateway gw, string room, string secret, string? token = null)
     {
         var socket = await SendConnectAsync(gw, room, secret, token);
         return await ReadConnectedAsync(socket);
     }
 
-    public static async Task<RoomClient> ReadConnectedAsync(TestSocket socket)
+    public static async Task<TestMember> ReadConnectedAsync(TestSocket socket)
     {
         var connected = await socket.ReceiveJsonAsync();
         Assert.Equal("connected", connected.GetProperty("type").GetString());
-        return new RoomClient(socket, connected.GetProperty("clientId").GetString()!, connected.GetProperty("clientSecret").GetString()!,
+        return new TestMember(socket, connected.GetProperty("clientId").GetString()!, connected.GetProperty("clientSecret").GetString()!,
             connected.GetProperty("host").GetBoolean(), connected);
     }
 
-    public static Task RelayAsync(this RoomClient client, string to, object data) =>
+    public static Task RelayAsync(this TestMember client, string to, object data) =>
         client.Socket.SendJsonAsync(new { type = "relay", to, data });
 
-    public static Task<JsonElement> NextAsync(this RoomClient client, string type) => client.Socket.ReceiveTypeAsync(type);
+    public static Task<JsonElement> NextAsync(this TestMember client, string type) => client.Socket.ReceiveTypeAsync(type);
 
-    public static async Task<JsonElement> NextAsync(this RoomClient client) => await client.Socket.ReceiveJsonAsync();
+    public static async Task<JsonElement> NextAsync(this TestMember client) => await client.Socket.ReceiveJsonAsync();
 
     /// <summary>
     /// Asserts nothing else arrived: <paramref name="prober"/> relays a marker directly to <paramref name="client"/>, and the
     /// marker must be the next message (a timed-out receive would abort a client WebSocket, so silence is proven this way).
     /// </summary>
-    public static async Task AssertQuietAsync(this RoomClient client, RoomClient prober)
+    public static async Task AssertQuietAsync(this TestMember client, TestMember prober)
     {
         var marker = Guid.NewGuid().ToString("N");
         await prober.RelayAsync(client.ClientId, new { probe = marker });
