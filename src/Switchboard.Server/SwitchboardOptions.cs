@@ -140,4 +140,7 @@ public sealed class RoomOptions
     /// <summary>Rooms that may exist at once on this gateway.</summary>
     [Range(1, 10_000_000)]
     public int MaxRooms { get; set; } = 10_000;
+
+    /// <summary>How long a member that disconnected may <c>reconnect</c> with its client id and secret. 30 s covers a network switch or a page reload.</summary>
+    public TimeSpan ReconnectGracePeriod { get; set; } = TimeSpan.FromSeconds(30);
 }
