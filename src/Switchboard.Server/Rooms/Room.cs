@@ -194,6 +194,14 @@ public sealed class Room
     /// <summary>Relays <paramref name="data"/> from <paramref name="sender"/>; null on success, else why not (sent back as <c>error</c>).</summary>
     internal RoomDenial? Relay(RoomMember sender, string to, JsonElement data)
     {
+        // Serialized once, outside the lock; the same bytes are queued for every recipient.
+        var addressed = to switch
+        {
+            "broadcast" => "broadcast",
+            "host" => "host",
+            _ => "direct",
+        };
+        var frame = JsonSerializer.SerializeToUtf8Bytes(new RoomRelayMessage(sender.ClientId, addressed, data), RoomsJsonContext.Default.RoomRelayMessage);
         lock (_gate)
         {
             try
@@ -202,16 +210,13 @@ public sealed class Room
                     return new RoomDenial("not_connected", "you are no longer a member of this room");
                 RelayTarget target;
                 RoomMember? recipient = null;
-                string addressed;
                 switch (to)
                 {
                     case "broadcast":
                         target = RelayTarget.Broadcast;
-                        addressed = "broadcast";
                         break;
                     case "host":
                         target = RelayTarget.Host;
-                        addressed = "host";
                         recipient = _host;
                         if (recipient is null)
                             return new RoomDenial("no_host", "the room has no host right now");
@@ -220,7 +225,6 @@ public sealed class Room
                         break;
                     default:
                         target = RelayTarget.Client;
-                        addressed = "direct";
                         recipient = Find(to);
                         if (recipient is null)
                             return new RoomDenial("unknown_client", $"no member '{to}' in this room");
@@ -230,8 +234,6 @@ public sealed class Room
                 }
                 if (Protocol.CanRelay(sender, target, recipient) is { } denial)
                     return denial;
-                // Serialized once; the same bytes are queued for every recipient.
-                var frame = JsonSerializer.SerializeToUtf8Bytes(new RoomRelayMessage(sender.ClientId, addressed, data), RoomsJsonContext.Default.RoomRelayMessage);
                 if (recipient is not null)
                     DeliverLocal([recipient], frame);
                 else
