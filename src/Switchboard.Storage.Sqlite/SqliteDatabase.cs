@@ -96,8 +96,18 @@ public sealed class SqliteDatabase : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        if (_writer is not null)
-            await _writer.DisposeAsync();
-        _writeGate.Dispose();
+        // Wait (bounded) for a write in progress so it does not meet a disposed connection.
+        var held = await _writeGate.WaitAsync(TimeSpan.FromSeconds(5));
+        try
+        {
+            if (_writer is not null)
+                await _writer.DisposeAsync();
+            _writer = null;
+        }
+        finally
+        {
+            if (held)
+                _writeGate.Release();
+        }
     }
 }

@@ -71,7 +71,11 @@ public sealed class ChannelClient : IAsyncDisposable
     /// <summary>Last position received on a channel (what a reconnect resumes from).</summary>
     public StreamPosition? PositionOf(string channel) => _subscriptions.TryGetValue(channel, out var s) ? s.Position : null;
 
-    /// <summary>Publishes a JSON value over the socket (the token needs a <c>publish</c> grant).</summary>
+    /// <summary>
+    /// Publishes a JSON value over the socket (the token needs a <c>publish</c> grant). Fire-and-forget: nothing is sent
+    /// while disconnected and the <c>published</c> acknowledgement is not awaited; use the HTTP publish API when the
+    /// caller must know the message was stored.
+    /// </summary>
     public Task PublishAsync(string channel, JsonElement data, CancellationToken cancellationToken) =>
         SendAsync(JsonSerializer.SerializeToUtf8Bytes(new ChannelClientMessage { Type = "publish", Channel = channel, Data = data },
             ProtocolJsonContext.Default.ChannelClientMessage), cancellationToken);
@@ -81,16 +85,23 @@ public sealed class ChannelClient : IAsyncDisposable
 
     private async Task SendAsync(byte[] message, CancellationToken cancellationToken)
     {
-        await _sendGate.WaitAsync(cancellationToken);
+        try
+        {
+            await _sendGate.WaitAsync(cancellationToken);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        {
+            return;
+        }
         try
         {
             if (_socket is { State: WebSocketState.Open } socket)
                 await socket.SendAsync(message, WebSocketMessageType.Text, true, cancellationToken);
             // Not connected: the subscription is sent on (re)connect.
         }
-        catch (WebSocketException)
+        catch (Exception ex) when (ex is WebSocketException or ObjectDisposedException or OperationCanceledException)
         {
-            // The connection dropped; the run loop reconnects and resubscribes.
+            // The connection dropped or the client is closing; the run loop reconnects and resubscribes.
         }
         finally
         {
@@ -108,17 +119,18 @@ public sealed class ChannelClient : IAsyncDisposable
             {
                 code = await ConnectOnceAsync(() => attempt = 0);
             }
-            catch (Exception ex) when (ex is WebSocketException or HttpRequestException or IOException)
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
             {
+                break;
+            }
+            catch (Exception ex)
+            {
+                // Network failure, a bad frame or a failing token callback: reconnect (or fail the first connect).
                 if (!_firstConnect.Task.IsCompleted)
                 {
                     _firstConnect.TrySetException(ex);
                     return;
                 }
-            }
-            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
-            {
-                break;
             }
             LastCloseCode = code;
             var delay = _policy.NextDelay(++attempt, code);
@@ -167,7 +179,10 @@ public sealed class ChannelClient : IAsyncDisposable
             {
                 var result = await socket.ReceiveAsync(buffer, _stop.Token);
                 if (result.MessageType == WebSocketMessageType.Close)
+                {
+                    await AnswerCloseAsync(socket);
                     return (int)(socket.CloseStatus ?? WebSocketCloseStatus.Empty);
+                }
                 message.Write(buffer, 0, result.Count);
                 if (!result.EndOfMessage)
                     continue;
@@ -181,7 +196,27 @@ public sealed class ChannelClient : IAsyncDisposable
         }
         finally
         {
+            await _sendGate.WaitAsync(CancellationToken.None);
             _socket = null;
+            _sendGate.Release();
+        }
+    }
+
+    private async Task AnswerCloseAsync(ClientWebSocket socket)
+    {
+        await _sendGate.WaitAsync(CancellationToken.None);
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+            if (socket.State == WebSocketState.CloseReceived)
+                await socket.CloseOutputAsync(socket.CloseStatus ?? WebSocketCloseStatus.NormalClosure, null, timeout.Token);
+        }
+        catch (Exception ex) when (ex is WebSocketException or OperationCanceledException)
+        {
+        }
+        finally
+        {
+            _sendGate.Release();
         }
     }
 
@@ -224,18 +259,26 @@ public sealed class ChannelClient : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        _stop.Cancel();
-        if (_socket is { State: WebSocketState.Open } socket)
+        // Close first (so the server sees 1000), then stop the loop.
+        await _sendGate.WaitAsync(CancellationToken.None);
+        try
         {
-            try
+            if (_socket is { State: WebSocketState.Open } socket)
             {
                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
                 await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "bye", timeout.Token);
             }
-            catch (Exception ex) when (ex is WebSocketException or OperationCanceledException or ObjectDisposedException)
-            {
-            }
         }
+        catch (Exception ex) when (ex is WebSocketException or OperationCanceledException or ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            _sendGate.Release();
+        }
+        if (_loop is not null)
+            await Task.WhenAny(_loop, Task.Delay(TimeSpan.FromSeconds(2)));
+        _stop.Cancel();
         if (_loop is not null)
             await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         _stop.Dispose();

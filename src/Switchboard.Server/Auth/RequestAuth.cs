@@ -38,6 +38,20 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
     }
 
     /// <summary>
+    /// Authenticates a state-changing HTTP request from the <c>Authorization</c> header only: never from a cookie or the
+    /// query string, so a cross-site form cannot act with a browser's ambient credentials.
+    /// </summary>
+    public async ValueTask<TokenValidation> AuthenticateHeaderAsync(HttpRequest request)
+    {
+        var bearer = BearerToken(request);
+        if (bearer is not null && IsApiKey(bearer))
+            return new(Grants.Server, null);
+        return bearer is null
+            ? new(null, "this endpoint needs 'Authorization: Bearer <API key or token>'")
+            : await tokens.ValidateAsync(bearer);
+    }
+
+    /// <summary>
     /// Authenticates an HTTP or upgrade request: the API key (as bearer) yields <see cref="Grants.Server"/>, else a JWT is validated.
     /// </summary>
     public async ValueTask<TokenValidation> AuthenticateAsync(HttpRequest request)

@@ -135,7 +135,7 @@ public static class ChannelEndpoints
 
     private static async Task<IResult> PublishAsync(string channel, HttpContext context, RequestAuth auth, ChannelHub hub, IOptions<SwitchboardOptions> options)
     {
-        var validation = await auth.AuthenticateAsync(context.Request);
+        var validation = await auth.AuthenticateHeaderAsync(context.Request);
         if (validation.Grants is not { } grants)
             return ApiResults.Unauthorized(validation.Error ?? "unauthorized");
         if (!hub.IsValidName(channel, out var error))
@@ -175,7 +175,7 @@ public static class ChannelEndpoints
         var max = options.Value.Channels.HistorySize;
         var take = Math.Clamp(limit ?? max, 0, Math.Max(max, 1));
         var (position, recovered, messages) = await hub.HistoryAsync(channel, since, epoch, take, context.RequestAborted);
-        var items = messages.Select(m => new HistoryItem(m.Offset, JsonDocument.Parse(m.Data).RootElement, m.Timestamp)).ToList();
+        var items = messages.Select(m => new HistoryItem(m.Offset, JsonElement.Parse(m.Data.Span), m.Timestamp)).ToList();
         return Results.Json(new HistoryResponse(channel, position.Offset, position.Epoch, recovered, items), ProtocolJsonContext.Default.HistoryResponse);
     }
 

@@ -27,6 +27,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     private readonly IChannelStore _store;
     private readonly IMessageBus _bus;
     private readonly ChannelOptions _options;
+    private readonly LimitsOptions _limits;
     private readonly SwitchboardMetrics _metrics;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
@@ -38,6 +39,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         _store = store;
         _bus = bus;
         _options = options.Value.Channels;
+        _limits = options.Value.Limits;
         _metrics = metrics;
         _logger = logger;
         _time = time;
@@ -88,17 +90,31 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         return true;
     }
 
+    // Returns the live state of a channel with its gate held. The sweep may remove an idle state while a caller waits
+    // for its gate; such a state is marked Removed and the caller looks the channel up again.
+    private async ValueTask<ChannelState> AcquireAsync(string channel, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var state = _channels.GetOrAdd(channel, static c => new ChannelState(c));
+            await state.Gate.WaitAsync(cancellationToken);
+            if (!state.Removed)
+                return state;
+            state.Gate.Release();
+        }
+    }
+
     /// <summary>Publishes JSON <paramref name="data"/> (already validated and compact) to a channel.</summary>
     public async ValueTask<ChannelPosition> PublishAsync(string channel, ReadOnlyMemory<byte> data, string? excludeConnection, CancellationToken cancellationToken)
     {
-        var state = _channels.GetOrAdd(channel, static c => new ChannelState(c));
-        await state.Gate.WaitAsync(cancellationToken);
+        var state = await AcquireAsync(channel, cancellationToken);
         AppendResult appended;
         try
         {
             appended = await _store.AppendAsync(channel, data, _options.HistorySize, cancellationToken);
+            // Stored: from here on the publisher going away must not stop delivery.
             state.Touch(_time.GetTimestamp());
-            await CatchUpLockedAsync(state, appended.Epoch, appended.Message.Offset - 1, cancellationToken);
+            await CatchUpLockedAsync(state, appended.Epoch, appended.Message.Offset - 1, CancellationToken.None);
             Dispatch(state, new ChannelBroadcast(channel, appended.Message.Offset, appended.Message.Data, excludeConnection));
             state.LastDispatched = appended.Message.Offset;
             state.Epoch = appended.Epoch;
@@ -109,7 +125,15 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         }
         _metrics.Published();
         // Tell other nodes; they fetch from their own subscribers' point of view (see OnBusMessageAsync).
-        await _bus.PublishAsync(BusPrefix + channel, EncodeBus(appended.Message.Offset, appended.Epoch, data, excludeConnection), cancellationToken);
+        try
+        {
+            await _bus.PublishAsync(BusPrefix + channel, EncodeBus(appended.Message.Offset, appended.Epoch, data, excludeConnection), CancellationToken.None);
+        }
+        catch (Exception ex)
+        {
+            // Stored and delivered locally; other nodes catch up from the store on their next message or bus reconnect.
+            Log.BusPublishFailed(_logger, ex, channel, appended.Message.Offset);
+        }
         return new ChannelPosition(appended.Message.Offset, appended.Epoch);
     }
 
@@ -120,8 +144,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     public async ValueTask<SubscribeResult> SubscribeAsync(string channel, IChannelSubscriber subscriber, Protocol.StreamPosition? since,
         Action<SubscribeResult> beforeLive, CancellationToken cancellationToken)
     {
-        var state = _channels.GetOrAdd(channel, static c => new ChannelState(c));
-        await state.Gate.WaitAsync(cancellationToken);
+        var state = await AcquireAsync(channel, cancellationToken);
         try
         {
             await EnsureInitializedLockedAsync(state, cancellationToken);
@@ -175,12 +198,16 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             return (false, []);
         var list = new List<ChannelBroadcast>((int)wanted);
         var expected = since.Offset + 1;
+        long bytes = 0;
         foreach (var m in history.Messages)
         {
             if (m.Offset > position.Offset)
                 break;
             if (m.Offset != expected)
                 return (false, []); // trimmed in between: never a silent gap
+            bytes += m.Data.Length + 64;
+            if (bytes > _limits.MaxQueuedBytes / 2 || list.Count >= _limits.MaxQueuedMessages / 2)
+                return (false, []); // would overflow the connection's queue on every attempt: reload instead
             list.Add(new ChannelBroadcast(channel, m.Offset, m.Data, null));
             expected++;
         }
@@ -201,6 +228,13 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         if (state.Epoch is null || state.Epoch != epoch)
         {
+            if (state.Epoch is not null && !state.Subscribers.IsEmpty)
+            {
+                // History was reset under live subscribers: their offsets mean nothing now. Make them resubscribe.
+                Log.EpochChanged(_logger, state.Name, state.Epoch, epoch);
+                foreach (var s in state.Subscribers)
+                    (s as IRecoverableSubscriber)?.Resync(state.Name);
+            }
             // First use on this node, or history was reset: nothing to catch up, start from here.
             state.Epoch = epoch;
             state.LastDispatched = Math.Max(upTo, 0);
@@ -250,21 +284,20 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         if (message.SourceNode == _bus.NodeId)
             return;
         var channel = message.Topic[BusPrefix.Length..];
-        if (!_channels.TryGetValue(channel, out var state) || state.Subscribers.IsEmpty)
-        {
-            // No local subscriber: remember nothing; a later subscriber initializes from the store.
-            if (state is not null)
-            {
-                await state.Gate.WaitAsync(cancellationToken);
-                state.Epoch = null;
-                state.Gate.Release();
-            }
-            return;
-        }
+        if (!_channels.TryGetValue(channel, out var state))
+            return; // no local subscriber: a later one initializes from the store
         var (offset, epoch, data, exclude) = DecodeBus(message.Payload);
         await state.Gate.WaitAsync(cancellationToken);
         try
         {
+            if (state.Removed)
+                return;
+            if (state.Subscribers.IsEmpty)
+            {
+                // Nobody to deliver to: forget the position so the next subscriber initializes from the store.
+                state.Epoch = null;
+                return;
+            }
             if (state.Epoch == epoch && offset <= state.LastDispatched)
                 return; // already dispatched (caught up from the store)
             await CatchUpLockedAsync(state, epoch, offset - 1, cancellationToken);
@@ -313,7 +346,10 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
                 {
                     // Removed under its gate; a publisher that still holds this state object only dispatches to nobody.
                     if (state.Subscribers.IsEmpty)
+                    {
+                        state.Removed = true;
                         _channels.TryRemove(new KeyValuePair<string, ChannelState>(name, state));
+                    }
                     state.Gate.Release();
                 }
             }
@@ -357,6 +393,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         public string? Epoch;
         public long LastDispatched;
         public long LastUsed;
+        public bool Removed;
 
         public void Touch(long now) => Volatile.Write(ref LastUsed, now);
     }
@@ -368,6 +405,12 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
 
         [LoggerMessage(2002, LogLevel.Debug, "Trimmed {Count} channel messages past their age limit.")]
         public static partial void Trimmed(ILogger logger, int count);
+
+        [LoggerMessage(2004, LogLevel.Warning, "Channel {Channel}: publishing offset {Offset} on the bus failed; other nodes will catch up from the store.")]
+        public static partial void BusPublishFailed(ILogger logger, Exception exception, string channel, long offset);
+
+        [LoggerMessage(2005, LogLevel.Warning, "Channel {Channel}: epoch changed from {Old} to {New}; subscribers are asked to resubscribe.")]
+        public static partial void EpochChanged(ILogger logger, string channel, string old, string @new);
 
         [LoggerMessage(2003, LogLevel.Error, "Channel sweep failed.")]
         public static partial void SweepFailed(ILogger logger, Exception exception);

@@ -65,6 +65,8 @@ public sealed partial class ConnectionManager
         }
         _connections[connection.Id] = connection;
         _metrics.ConnectionOpened(connection.Endpoint);
+        if (_shuttingDown)
+            connection.Close(CloseCodes.GoingAway, "server shutting down", drain: true); // accepted while shutdown began
         return true;
     }
 

@@ -132,7 +132,7 @@ public sealed partial class WsConnection
         if (Interlocked.CompareExchange(ref _closeRequested, 1, 0) != 0)
             return;
         _closeCode = code;
-        _closeReason = reason.Length > 120 ? reason[..120] : reason;
+        _closeReason = TruncateUtf8(reason, 123); // RFC 6455: the close reason is at most 123 bytes of UTF-8
         _discardQueue = !drain;
         _queue.Writer.TryComplete();
         try
@@ -367,6 +367,18 @@ public sealed partial class WsConnection
             Log.WriterFailed(_logger, ex, Id, Endpoint);
             _socket.Abort();
         }
+    }
+
+    internal static string TruncateUtf8(string text, int maxBytes)
+    {
+        if (System.Text.Encoding.UTF8.GetByteCount(text) <= maxBytes)
+            return text;
+        var length = text.Length;
+        while (length > 0 && System.Text.Encoding.UTF8.GetByteCount(text.AsSpan(0, length)) > maxBytes - 3)
+            length--;
+        if (length > 0 && char.IsHighSurrogate(text[length - 1]))
+            length--;
+        return text[..length] + "…";
     }
 
     private static int SafeCode(int code) => code is 1005 or 1006 or 1015 ? CloseCodes.Normal : code;

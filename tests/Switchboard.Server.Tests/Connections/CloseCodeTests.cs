@@ -263,3 +263,49 @@ internal static class ServiceProviderExtensions
     public static int GetRequiredServiceCount(this IServiceProvider services, string subject) =>
         ((Switchboard.Server.Connections.ConnectionManager)services.GetService(typeof(Switchboard.Server.Connections.ConnectionManager))!).CountForUser(subject);
 }
+
+public sealed class ReviewRegressionTests
+{
+    [Fact]
+    public async Task A_long_non_ascii_reason_still_closes_1008_with_a_reason_within_123_bytes()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        await using var s = await gw.ConnectChannelsAsync();
+        await s.SendJsonAsync(new { type = new string('é', 200) });
+        Assert.Equal(CloseCodes.PolicyViolation, await s.WaitForCloseAsync());
+        Assert.True(Encoding.UTF8.GetByteCount(s.Socket.CloseStatusDescription!) <= 123);
+    }
+
+    [Fact]
+    public async Task Http_publish_ignores_cookie_and_query_tokens()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var token = gw.Token();
+        using var viaQuery = new HttpRequestMessage(HttpMethod.Post, "api/v1/channels/c/messages?token=" + token)
+        { Content = new StringContent("{\"data\":1}", Encoding.UTF8, "application/json") };
+        Assert.Equal(HttpStatusCode.Unauthorized, (await gw.Http.SendAsync(viaQuery)).StatusCode);
+        using var viaCookie = new HttpRequestMessage(HttpMethod.Post, "api/v1/channels/c/messages")
+        { Content = new StringContent("{\"data\":1}", Encoding.UTF8, "application/json") };
+        viaCookie.Headers.Add("Cookie", "switchboard_token=" + token);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await gw.Http.SendAsync(viaCookie)).StatusCode);
+    }
+
+    [Fact]
+    public async Task Recovery_larger_than_the_connection_queue_says_recovered_false_instead_of_looping()
+    {
+        await using var gw = await TestGateway.StartAsync(o =>
+        {
+            o.Limits.MaxQueuedMessages = 32;
+            o.Limits.MaxQueuedBytes = 128 * 1024;
+            o.Limits.MaxMessageBytes = 64 * 1024;
+        });
+        var (_, epoch) = await Channels.ChannelRecoveryTests.PublishAsync(gw, "big", 0);
+        for (var i = 0; i < 40; i++)
+            await Channels.ChannelRecoveryTests.PublishAsync(gw, "big", i);
+        await using var s = await gw.ConnectChannelsAsync();
+        await s.SendJsonAsync(new { type = "subscribe", channel = "big", since = new { offset = 1, epoch } });
+        var subscribed = await s.ReceiveTypeAsync("subscribed");
+        Assert.False(subscribed.GetProperty("recovered").GetBoolean());
+        Assert.Equal(WebSocketState.Open, s.Socket.State);
+    }
+}
