@@ -6,7 +6,9 @@ using System.Threading.Channels;
 // settings, one bounded queue and one writer loop per socket (a WebSocket allows one send at a time), zero-byte reads
 // while idle, and each broadcast serialized once and queued for every socket. No auth, no store, no metrics.
 //
-//   WS   /ws                  subscribe (receives every broadcast; a text "ping" is answered with "pong")
+//   WS   /ws                  receives every broadcast; a text message with "subscribe" is answered with
+//                             {"type":"subscribed"} (so an idle client has exchanged one message each way, as
+//                             with the gateway), one with "ping" with {"type":"pong"}
 //   POST /publish             body = JSON value; broadcasts {"type":"message","data":<body>} to every socket
 //   GET  /stats               connected sockets
 var builder = WebApplication.CreateSlimBuilder(args);
@@ -65,6 +67,7 @@ internal sealed partial class StatsContext : System.Text.Json.Serialization.Json
 internal sealed class Subscriber(WebSocket socket)
 {
     private static readonly byte[] Pong = "{\"type\":\"pong\"}"u8.ToArray();
+    private static readonly byte[] Subscribed = "{\"type\":\"subscribed\"}"u8.ToArray();
     private static readonly byte[] Prefix = "{\"type\":\"message\",\"data\":"u8.ToArray();
 
     // Same bound as the gateway's default outbound queue; a full queue drops the socket.
@@ -103,7 +106,10 @@ internal sealed class Subscriber(WebSocket socket)
                 var result = await socket.ReceiveAsync(buffer.AsMemory(), cancellationToken);
                 if (result.MessageType == WebSocketMessageType.Close)
                     break;
-                if (result.EndOfMessage && buffer.AsSpan(0, result.Count).IndexOf("\"ping\""u8) >= 0)
+                var text = buffer.AsSpan(0, result.Count);
+                if (text.IndexOf("\"subscribe\""u8) >= 0)
+                    TrySend(Subscribed);
+                else if (text.IndexOf("\"ping\""u8) >= 0)
                     TrySend(Pong);
             }
             if (socket.State == WebSocketState.CloseReceived)

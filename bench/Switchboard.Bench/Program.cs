@@ -25,7 +25,7 @@ var duration = TimeSpan.FromSeconds(options.Quick ? 3 : 10);
 var fullWarm = TimeSpan.FromSeconds(options.Quick ? 1 : 2);
 var fullMeasure = TimeSpan.FromSeconds(options.Quick ? 2 : 5);
 var idleCount = options.Quick ? 1000 : 10_000;
-var settle = TimeSpan.FromSeconds(options.Quick ? 2 : 5);
+var settle = TimeSpan.FromSeconds(options.Quick ? 3 : 10);
 var fanoutSubs = options.Quick ? 200 : 1000;
 
 try
@@ -34,6 +34,7 @@ try
     {
         // (a) and (b) share one server process per target.
         Console.WriteLine($"== {kind}: fixed rate and full speed");
+        Report.Phase($"{kind} (a)+(b)");
         await using (var target = await StartAsync(kind, options, ct))
         {
             var r = await Scenarios.FixedRateAsync(target, fanoutSubs, 100, duration, ct);
@@ -48,6 +49,7 @@ try
         }
         // (c) on a fresh process, so the baseline is a server that has not yet held thousands of sockets.
         Console.WriteLine($"== {kind}: idle memory");
+        Report.Phase($"{kind} (c)");
         await using (var target = await StartAsync(kind, options, ct))
         {
             var i = await Scenarios.IdleMemoryAsync(target, idleCount, settle, ct);
@@ -75,10 +77,14 @@ return rate.Count + full.Count + idle.Count == 0 ? 1 : 0;
 
 static async Task<Target> StartAsync(string kind, Args options, CancellationToken ct)
 {
-    if (kind == "raw")
+    if (kind is "raw" or "raw-wks")
     {
-        var server = await ServerProcess.StartAsync("raw-kestrel", options.Raw, ["--urls", "http://127.0.0.1:{port}"],
-            new Dictionary<string, string>(), "/stats", null, ct);
+        // raw: the Web SDK defaults (Server GC). raw-wks: the same server with Workstation GC, the mode the gateway's CLI runs with.
+        var rawEnv = new Dictionary<string, string>();
+        if (kind == "raw-wks")
+            rawEnv["DOTNET_gcServer"] = "0";
+        var server = await ServerProcess.StartAsync(kind == "raw" ? "raw-kestrel" : "raw-kestrel-wks", options.Raw, ["--urls", "http://127.0.0.1:{port}"],
+            rawEnv, "/stats", null, ct);
         return new RawTarget(server);
     }
     var dir = Directory.CreateTempSubdirectory("switchboard-bench-").FullName;
@@ -122,7 +128,7 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
     {
         string? sb = null, raw = null, output = "bench/results/latest.md";
         var quick = false;
-        string[] targets = ["switchboard", "raw"];
+        string[] targets = ["switchboard", "raw", "raw-wks"];
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -142,6 +148,15 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
 
 internal static class Report
 {
+    private static readonly List<string> Phases = [];
+
+    /// <summary>Notes the load average when a phase starts (other work on the machine skews every number).</summary>
+    public static void Phase(string name)
+    {
+        var load = File.ReadAllText("/proc/loadavg").Split(' ');
+        Phases.Add($"| {name} | {DateTime.UtcNow:HH:mm:ss} | {load[0]} / {load[1]} |");
+    }
+
     public static string Build(Args options, List<RateResult> rate, List<FullResult> full, List<IdleResult> idle, TimeSpan took)
     {
         var c = CultureInfo.InvariantCulture;
@@ -172,10 +187,19 @@ internal static class Report
         sb.AppendLine();
         sb.AppendLine("## (c) Idle connections: server RSS (VmRSS) after connect + settle, minus baseline");
         sb.AppendLine();
-        sb.AppendLine("| server | connections | baseline MB | loaded MB | KB per connection | threads | errors | connect time s |");
-        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        sb.AppendLine("| server | connections | baseline MB | peak MB | settled MB | KB per connection (settled) | threads | errors | connect time s |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var i in idle)
-            sb.AppendLine(c, $"| {i.Target} | {i.Connections:N0} | {i.BaselineKb / 1024.0:F1} | {i.LoadedKb / 1024.0:F1} | {i.KbPerConnection:F1} | {i.Threads} | {i.Errors} | {i.ConnectSeconds:F1} |");
+            sb.AppendLine(c, $"| {i.Target} | {i.Connections:N0} | {i.BaselineKb / 1024.0:F1} | {i.PeakKb / 1024.0:F1} | {i.LoadedKb / 1024.0:F1} | {i.KbPerConnection:F1} | {i.Threads} | {i.Errors} | {i.ConnectSeconds:F1} |");
+        sb.AppendLine();
+        sb.AppendLine("## Machine load when each phase started (1 / 5 min load average; 2 cores)");
+        sb.AppendLine();
+        sb.AppendLine("| phase | time (UTC) | load |");
+        sb.AppendLine("|---|---|---|");
+        foreach (var p in Phases)
+            sb.AppendLine(p);
+        sb.AppendLine();
+        sb.AppendLine("GC modes: switchboard = Workstation (the CLI's default), raw-kestrel = Server (Web SDK default), raw-kestrel-wks = Workstation.");
         sb.AppendLine();
         sb.AppendLine("## Targets");
         sb.AppendLine();

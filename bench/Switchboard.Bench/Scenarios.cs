@@ -8,7 +8,7 @@ internal sealed record RateResult(string Target, int Subscribers, int Rate, int 
 internal sealed record FullResult(string Target, int Subscribers, double PublishesPerSecond, double DeliveriesPerSecond, long Errors,
     double ServerCpuPercent, double BenchCpuPercent);
 
-internal sealed record IdleResult(string Target, int Connections, long BaselineKb, long LoadedKb, double KbPerConnection, int Threads, long Errors,
+internal sealed record IdleResult(string Target, int Connections, long BaselineKb, long PeakKb, long LoadedKb, double KbPerConnection, int Threads, long Errors,
     double ConnectSeconds);
 
 /// <summary>The three scenarios, each against one target.</summary>
@@ -143,9 +143,15 @@ internal static class Scenarios
         var sw = Stopwatch.StartNew();
         await fleet.ConnectAsync(target, connections, 100, cancellationToken);
         var connectSeconds = sw.Elapsed.TotalSeconds;
-        await Task.Delay(settle, cancellationToken);
+        var peak = target.Server.RssKb();
+        var settled = Stopwatch.StartNew();
+        while (settled.Elapsed < settle)
+        {
+            await Task.Delay(500, cancellationToken);
+            peak = Math.Max(peak, target.Server.RssKb());
+        }
         var loaded = target.Server.RssKb();
-        return new IdleResult(target.Name, fleet.Count, baseline, loaded, (loaded - baseline) / (double)Math.Max(1, fleet.Count),
+        return new IdleResult(target.Name, fleet.Count, baseline, peak, loaded, (loaded - baseline) / (double)Math.Max(1, fleet.Count),
             target.Server.Threads(), fleet.Errors + fleet.Closes + (connections - fleet.Count), connectSeconds);
     }
 

@@ -96,9 +96,17 @@ internal sealed class SwitchboardTarget(ServerProcess server, string token, stri
 /// <summary>The raw Kestrel broadcast server: no auth, no subscribe, POST /publish.</summary>
 internal sealed class RawTarget(ServerProcess server) : Target(server)
 {
+    private static readonly byte[] Subscribe = "{\"type\":\"subscribe\"}"u8.ToArray();
+
     public override Uri WebSocketUri => new($"ws://127.0.0.1:{Server.Port}/ws");
 
-    public override Task SubscribeAsync(ClientWebSocket socket, byte[] scratch, CancellationToken cancellationToken) => Task.CompletedTask;
+    public override async Task SubscribeAsync(ClientWebSocket socket, byte[] scratch, CancellationToken cancellationToken)
+    {
+        await socket.SendAsync(Subscribe, WebSocketMessageType.Text, true, cancellationToken);
+        var text = await ReceiveTextAsync(socket, scratch, cancellationToken);
+        if (!text.Contains("\"subscribed\"", StringComparison.Ordinal))
+            throw new InvalidOperationException("unexpected reply: " + text);
+    }
 
     protected override HttpRequestMessage PublishRequest(long timestamp, long sequence) =>
         new(HttpMethod.Post, new Uri(Server.Http, "/publish")) { Content = Json($$"""{"t":{{timestamp}},"n":{{sequence}}}""") };
