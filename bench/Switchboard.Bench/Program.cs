@@ -35,30 +35,38 @@ try
         // (a) and (b) share one server process per target.
         Console.WriteLine($"== {kind}: fixed rate and full speed");
         Report.Phase($"{kind} (a)+(b)");
-        await using (var target = await StartAsync(kind, options, ct))
+        await Guard(kind + " (a)+(b)", async () =>
         {
-            var r = await Scenarios.FixedRateAsync(target, fanoutSubs, 100, duration, ct);
-            rate.Add(r);
-            Console.WriteLine($"   (a) {r}");
+            await using var target = await StartAsync(kind, options, ct);
+            await Guard(kind + " (a)", async () =>
+            {
+                var r = await Scenarios.FixedRateAsync(target, fanoutSubs, 100, duration, ct);
+                rate.Add(r);
+                Console.WriteLine($"   (a) {r}");
+            });
             foreach (var n in new[] { 100, fanoutSubs })
             {
-                var f = await Scenarios.FullSpeedAsync(target, n, fullWarm, fullMeasure, publishers: 8, window: 64, ct);
-                full.Add(f);
-                Console.WriteLine($"   (b) {f}");
+                await Guard($"{kind} (b) {n}", async () =>
+                {
+                    var f = await Scenarios.FullSpeedAsync(target, n, fullWarm, fullMeasure, publishers: 8, window: 64, ct);
+                    full.Add(f);
+                    Console.WriteLine($"   (b) {f}");
+                });
             }
-        }
+        });
         // (c) on a fresh process, so the baseline is a server that has not yet held thousands of sockets.
         Console.WriteLine($"== {kind}: idle memory");
         Report.Phase($"{kind} (c)");
-        await using (var target = await StartAsync(kind, options, ct))
+        await Guard(kind + " (c)", async () =>
         {
+            await using var target = await StartAsync(kind, options, ct);
             var i = await Scenarios.IdleMemoryAsync(target, idleCount, settle, ct);
             idle.Add(i);
             Console.WriteLine($"   (c) {i}");
-        }
+        });
     }
 }
-catch (OperationCanceledException)
+catch (OperationCanceledException) when (ct.IsCancellationRequested)
 {
     Console.Error.WriteLine("benchmark interrupted or over its time limit; writing what was measured");
 }
@@ -74,6 +82,20 @@ Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(options.Out))!)
 await File.WriteAllTextAsync(options.Out, report, CancellationToken.None);
 Console.WriteLine($"written to {options.Out}");
 return rate.Count + full.Count + idle.Count == 0 ? 1 : 0;
+
+// A failing scenario is reported and the run goes on with the next one.
+async Task Guard(string name, Func<Task> body)
+{
+    try
+    {
+        await body();
+    }
+    catch (Exception ex) when (!ct.IsCancellationRequested)
+    {
+        Console.Error.WriteLine($"   {name} failed: {ex.GetType().Name}: {ex.Message}");
+        Report.Failure($"{name}: {ex.GetType().Name}: {ex.Message}");
+    }
+}
 
 static async Task<Target> StartAsync(string kind, Args options, CancellationToken ct)
 {
@@ -149,6 +171,9 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
 internal static class Report
 {
     private static readonly List<string> Phases = [];
+    private static readonly List<string> Failures = [];
+
+    public static void Failure(string text) => Failures.Add(text);
 
     /// <summary>Notes the load average when a phase starts (other work on the machine skews every number).</summary>
     public static void Phase(string name)
@@ -201,6 +226,14 @@ internal static class Report
         sb.AppendLine();
         sb.AppendLine("GC modes: switchboard = Workstation (the CLI's default), raw-kestrel = Server (Web SDK default), raw-kestrel-wks = Workstation.");
         sb.AppendLine();
+        if (Failures.Count > 0)
+        {
+            sb.AppendLine("## Failed scenarios");
+            sb.AppendLine();
+            foreach (var f in Failures)
+                sb.AppendLine("- " + f);
+            sb.AppendLine();
+        }
         sb.AppendLine("## Targets");
         sb.AppendLine();
         foreach (var r in rate.Where(x => x.Target == "switchboard"))

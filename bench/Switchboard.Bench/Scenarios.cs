@@ -50,7 +50,7 @@ internal static class Scenarios
                 else
                     publishErrors++;
             }
-            catch (HttpRequestException)
+            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
             {
                 publishErrors++;
             }
@@ -63,7 +63,7 @@ internal static class Scenarios
         var delivered = fleet.Deliveries.Sum() - before;
         var window = elapsed + settle.Elapsed;
         var lost = Math.Max(0, expected - delivered);
-        return new RateResult(target.Name, fleet.Count, rate, accepted, expected, delivered, delivered / elapsed.TotalSeconds,
+        return new RateResult(target.Name, fleet.Count, rate, accepted, expected, delivered, delivered / window.TotalSeconds,
             histogram.Percentile(50), histogram.Percentile(99), histogram.Max(),
             fleet.Errors + fleet.Closes + publishErrors + lost + (subscribers - fleet.Count), 100 * cpu / window);
     }
@@ -99,9 +99,13 @@ internal static class Scenarios
                     if (!await target.PublishAsync(Stopwatch.GetTimestamp(), published, stop.Token))
                         Interlocked.Increment(ref publishErrors);
                 }
-                catch (OperationCanceledException)
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
                 {
                     return;
+                }
+                catch (TaskCanceledException)
+                {
+                    Interlocked.Increment(ref publishErrors); // HTTP timeout
                 }
                 catch (HttpRequestException)
                 {
