@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace Switchboard.Bench;
 
-internal sealed record RateResult(string Target, int Subscribers, int Rate, int Published, long Expected, long Delivered, double DeliveriesPerSecond,
+internal sealed record RateResult(string Target, int Subscribers, int Rate, int Published, double AckedSeconds, double WindowSeconds, long Expected, long Delivered, double DeliveriesPerSecond,
     double P50, double P99, double Max, long Errors, double ServerCpuPercent);
 
 internal sealed record FullResult(string Target, int Subscribers, double PublishesPerSecond, double DeliveriesPerSecond, long Errors,
@@ -38,7 +38,6 @@ internal static class Scenarios
                 Thread.SpinWait(20);
             pending.Add(target.PublishAsync(Stopwatch.GetTimestamp(), i, cancellationToken));
         }
-        var elapsed = Stopwatch.GetElapsedTime(start);
         var accepted = 0;
         long publishErrors = 0;
         foreach (var p in pending)
@@ -55,15 +54,17 @@ internal static class Scenarios
                 publishErrors++;
             }
         }
+        var acked = Stopwatch.GetElapsedTime(start);
         var expected = (long)accepted * fleet.Count;
         var settle = Stopwatch.StartNew();
         while (fleet.Deliveries.Sum() - before < expected && settle.Elapsed < TimeSpan.FromSeconds(5))
             await Task.Delay(20, cancellationToken);
         var cpu = target.Server.CpuTime() - cpuBefore;
         var delivered = fleet.Deliveries.Sum() - before;
-        var window = elapsed + settle.Elapsed;
+        // From the first publish until the last delivery (or the 5 s grace after the last publish was acknowledged).
+        var window = Stopwatch.GetElapsedTime(start);
         var lost = Math.Max(0, expected - delivered);
-        return new RateResult(target.Name, fleet.Count, rate, accepted, expected, delivered, delivered / window.TotalSeconds,
+        return new RateResult(target.Name, fleet.Count, rate, accepted, acked.TotalSeconds, window.TotalSeconds, expected, delivered, delivered / window.TotalSeconds,
             histogram.Percentile(50), histogram.Percentile(99), histogram.Max(),
             fleet.Errors + fleet.Closes + publishErrors + lost + (subscribers - fleet.Count), 100 * cpu / window);
     }
