@@ -20,20 +20,24 @@ dotnet build src/Switchboard.Cli -c Release -m:1 -nologo -v q
 dotnet build bench/RawKestrelBroadcast -c Release -m:1 -nologo -v q
 dotnet build bench/Switchboard.Bench -c Release -m:1 -nologo -v q
 
-# The load generator starts and kills the servers itself; this trap also ends anything left in our process group.
+# The load generator starts and kills the servers itself. It runs in its own process group, so whatever happens
+# (Ctrl+C, kill, a crash) the trap below ends it and every server it started, and nothing else.
 bench_pid=""
 cleanup() {
   if [[ -n "$bench_pid" ]] && kill -0 "$bench_pid" 2>/dev/null; then
     kill -TERM "$bench_pid" 2>/dev/null || true
-    sleep 2
-    kill -KILL "$bench_pid" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$bench_pid" 2>/dev/null || break
+      sleep 0.5
+    done
   fi
-  # Children of this script (servers the load generator may have left behind if it was killed).
-  pkill -KILL -P $$ 2>/dev/null || true
+  if [[ -n "$bench_pid" ]]; then
+    kill -KILL -- "-$bench_pid" 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT INT TERM
 
-dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
+setsid dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
   --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll \
   --raw bench/RawKestrelBroadcast/bin/Release/net10.0/RawKestrelBroadcast.dll \
   --out bench/results/latest.md "$@" &

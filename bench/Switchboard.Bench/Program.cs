@@ -11,9 +11,14 @@ using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(options.Quick ?
 Console.CancelKeyPress += (_, e) =>
 {
     e.Cancel = true;
+    ServerProcess.KillAll();
     cts.Cancel();
 };
-using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ => cts.Cancel());
+using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
+{
+    ServerProcess.KillAll();
+    cts.Cancel();
+});
 AppDomain.CurrentDomain.ProcessExit += (_, _) => ServerProcess.KillAll();
 
 var ct = cts.Token;
