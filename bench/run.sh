@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Fan-out benchmark: builds in Release, runs Switchboard and a raw Kestrel broadcast server through the same
+# scenarios on 127.0.0.1, prints a table and writes bench/results/latest.md.
+#   bench/run.sh            full run (about 3-5 minutes on 2 cores)
+#   bench/run.sh --quick    smaller counts, for a smoke test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 10,000 server sockets + 10,000 client sockets, each process needs ~10k descriptors.
+want=25000
+hard=$(ulimit -Hn)
+if [[ "$hard" != unlimited && "$hard" -lt "$want" ]]; then want=$hard; fi
+ulimit -n "$want" || true
+echo "open files limit: $(ulimit -n)"
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+
+echo "building (Release)..."
+dotnet build src/Switchboard.Cli -c Release -m:1 -nologo -v q
+dotnet build bench/RawKestrelBroadcast -c Release -m:1 -nologo -v q
+dotnet build bench/Switchboard.Bench -c Release -m:1 -nologo -v q
+
+# The load generator starts and kills the servers itself. It runs in its own process group, so whatever happens
+# (Ctrl+C, kill, a crash) the trap below ends it and every server it started, and nothing else.
+bench_pid=""
+cleanup() {
+  if [[ -n "$bench_pid" ]] && kill -0 "$bench_pid" 2>/dev/null; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$bench_pid" 2>/dev/null || break
+      sleep 0.5
+    done
+  fi
+  if [[ -n "$bench_pid" ]]; then
+    kill -KILL -- "-$bench_pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT INT TERM
+
+setsid dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
+  --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll \
+  --raw bench/RawKestrelBroadcast/bin/Release/net10.0/RawKestrelBroadcast.dll \
+  --out bench/results/latest.md "$@" &
+bench_pid=$!
+wait "$bench_pid"
