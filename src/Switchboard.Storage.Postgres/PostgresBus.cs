@@ -55,6 +55,7 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
     private Task _dispatcher = Task.CompletedTask;
     private Task _cleaner = Task.CompletedTask;
     private int _started;
+    private int _stopped;
 
     public PostgresBus(PostgresDatabase db, IOptions<SwitchboardOptions> options, IOptions<PostgresBusOptions> busOptions, BusMetrics metrics,
         IServiceProvider services, ILogger<PostgresBus> logger, TimeProvider time)
@@ -112,6 +113,8 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
     /// <summary>Flushes what is queued for sending (bounded by <paramref name="cancellationToken"/>), then stops.</summary>
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        if (Interlocked.Exchange(ref _stopped, 1) == 1)
+            return;
         _outgoing.Writer.TryComplete();
         try
         {
@@ -131,12 +134,8 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
         }
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        if (!_stopping.IsCancellationRequested)
-            await StopAsync(CancellationToken.None);
-        _stopping.Dispose();
-    }
+    /// <summary>Stops the bus if still running. Idempotent: the bus is registered under several service types.</summary>
+    public async ValueTask DisposeAsync() => await StopAsync(CancellationToken.None);
 
     private async Task ListenLoopAsync(CancellationToken stop)
     {

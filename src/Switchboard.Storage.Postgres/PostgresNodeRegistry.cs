@@ -28,6 +28,8 @@ public sealed partial class PostgresNodeRegistry(PostgresDatabase db, IOptions<S
     private readonly CancellationTokenSource _stopping = new();
     private readonly SemaphoreSlim _beat = new(0, 1);
     private Task _loop = Task.CompletedTask;
+    private int _stopped;
+    private int _disposed;
 
     public string NodeId { get; } = options.Value.NodeId;
 
@@ -56,20 +58,26 @@ public sealed partial class PostgresNodeRegistry(PostgresDatabase db, IOptions<S
     public async Task HeartbeatAsync(CancellationToken cancellationToken)
     {
         await using var connection = await db.OpenAsync(cancellationToken);
-        await using var cmd = new NpgsqlCommand("""
-            INSERT INTO nodes (id, address) VALUES ($1, $2)
-            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = COALESCE(EXCLUDED.address, nodes.address);
-            DELETE FROM nodes WHERE heartbeat_at < now() - $3;
-            """, connection)
+        await using var batch = new NpgsqlBatch(connection)
         {
-            Parameters =
+            BatchCommands =
             {
-                new() { Value = NodeId },
-                new() { Value = (object?)NodeAddress.Resolve(_options, services) ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text },
-                new() { Value = _options.StaleAfter * 20 },
+                new NpgsqlBatchCommand("""
+                    INSERT INTO nodes (id, address) VALUES ($1, $2)
+                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = COALESCE(EXCLUDED.address, nodes.address)
+                    """)
+                {
+                    Parameters =
+                    {
+                        new() { Value = NodeId },
+                        new() { Value = (object?)NodeAddress.Resolve(_options, services) ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text },
+                    },
+                },
+                // Rows of nodes gone for long are deleted; merely stale ones are only hidden by ListAsync.
+                new NpgsqlBatchCommand("DELETE FROM nodes WHERE heartbeat_at < now() - $1") { Parameters = { new() { Value = _options.StaleAfter * 20 } } },
             },
         };
-        await cmd.ExecuteNonQueryAsync(cancellationToken);
+        await batch.ExecuteNonQueryAsync(cancellationToken);
     }
 
     public async Task StartAsync(CancellationToken cancellationToken)
@@ -119,6 +127,8 @@ public sealed partial class PostgresNodeRegistry(PostgresDatabase db, IOptions<S
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        if (Interlocked.Exchange(ref _stopped, 1) == 1)
+            return;
         await _stopping.CancelAsync();
         await _loop;
         try
@@ -135,6 +145,9 @@ public sealed partial class PostgresNodeRegistry(PostgresDatabase db, IOptions<S
 
     public ValueTask DisposeAsync()
     {
+        // Registered under several service types, so disposed more than once.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+            return ValueTask.CompletedTask;
         _stopping.Cancel();
         _stopping.Dispose();
         _beat.Dispose();
