@@ -17,8 +17,8 @@ public static class PostgresServiceCollectionExtensions
     /// </summary>
     public static IServiceCollection AddSwitchboardPostgres(this IServiceCollection services, string connectionString)
     {
-        var db = new PostgresDatabase(connectionString);
-        services.AddSingleton(db);
+        _ = new Npgsql.NpgsqlConnectionStringBuilder(connectionString); // fail fast on a malformed string
+        services.AddSingleton(_ => new PostgresDatabase(connectionString)); // disposed with the host: closes the pool
         foreach (var m in AllMigrations)
             services.AddSingleton(m);
         services.AddOptions<PostgresBusOptions>().BindConfiguration(PostgresBusOptions.Section);
