@@ -34,4 +34,7 @@ if [ -z "${SWITCHBOARD_TEST_POSTGRES:-}" ]; then
   echo "export SWITCHBOARD_TEST_POSTGRES='Host=127.0.0.1;Port=$pg_port;Username=postgres;Database=postgres'" >>"$env_file"
   echo "PostgreSQL test cluster on 127.0.0.1:$pg_port ($pg_dir)" >&2
 fi
+
+# --- nginx: the real load balancer of the cluster tests (started by the tests themselves with deploy/nginx.conf) ---
+command -v nginx >/dev/null 2>&1 || apt_install nginx
 exit 0
