@@ -73,14 +73,18 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
 
     public string NodeId { get; }
 
+    private volatile bool _isListening;
+    private volatile int _listenerProcessId;
+    private int _reconnects;
+
     /// <summary>True while the listening connection is up.</summary>
-    public bool IsListening { get; private set; }
+    public bool IsListening => _isListening;
 
     /// <summary>Times the listening connection was re-established after a drop.</summary>
-    public int Reconnects { get; private set; }
+    public int Reconnects => Volatile.Read(ref _reconnects);
 
     /// <summary>Backend process id of the listening connection (0 when down), for diagnostics and fault tests.</summary>
-    public int ListenerProcessId { get; private set; }
+    public int ListenerProcessId => _listenerProcessId;
 
     public ValueTask PublishAsync(string topic, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
@@ -150,12 +154,12 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
                 connection.Notification += (_, e) => received.Add(e.Payload);
                 await connection.OpenAsync(stop);
                 await PostgresDatabase.ExecAsync(connection, "LISTEN " + QuoteIdentifier(_options.Channel), stop);
-                ListenerProcessId = connection.ProcessID;
-                IsListening = true;
+                _listenerProcessId = connection.ProcessID;
+                _isListening = true;
                 delay = _options.ReconnectMinDelay;
                 if (everListened)
                 {
-                    Reconnects++;
+                    Interlocked.Increment(ref _reconnects);
                     _metrics.Reconnected();
                     Log.Reconnected(_logger, _options.Channel);
                     // Everything published while deaf is in the store: subscribers catch up after LISTEN is back.
@@ -178,8 +182,8 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
             }
             catch (Exception ex)
             {
-                IsListening = false;
-                ListenerProcessId = 0;
+                _isListening = false;
+                _listenerProcessId = 0;
                 // Notifications read before the failure are still delivered.
                 foreach (var payload in received)
                     _incoming.Writer.TryWrite(payload);
@@ -196,7 +200,7 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, _options.ReconnectMaxDelay.Ticks));
             }
         }
-        IsListening = false;
+        _isListening = false;
         _listening.TrySetCanceled(CancellationToken.None);
     }
 
