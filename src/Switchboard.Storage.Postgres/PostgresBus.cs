@@ -249,7 +249,8 @@ public sealed partial class PostgresBus : IMessageBus, IHostedService, IAsyncDis
         {
             var item = items[i];
             var inline = EncodeInline(item.Ticks, NodeId, item.Topic, item.Payload);
-            if (inline.Length <= _options.InlineLimit)
+            // The NOTIFY limit is in bytes; base64 and ASCII names are one byte per character, other names may not be.
+            if (inline.Length <= _options.InlineLimit && (inline.Length * 3 <= _options.InlineLimit || Encoding.UTF8.GetByteCount(inline) <= _options.InlineLimit))
             {
                 batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT pg_notify($1, $2)") { Parameters = { new() { Value = _options.Channel }, new() { Value = inline } } });
             }

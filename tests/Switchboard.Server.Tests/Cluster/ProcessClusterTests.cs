@@ -44,7 +44,7 @@ public sealed partial class ProcessClusterTests(PostgresFixture fixture) : IClas
             var victim = nodes[Array.IndexOf(counts, counts.Max())];
             var onVictim = counts.Max();
             Assert.True(onVictim >= 1);
-            victim.Kill();
+            await victim.KillAsync();
             for (var n = 11; n <= 20; n++)
                 await PublishAsync(api, n);
 
@@ -142,7 +142,12 @@ public sealed partial class ProcessClusterTests(PostgresFixture fixture) : IClas
                 .Sum(l => long.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
         }
 
-        public void Kill() => _process.Kill(entireProcessTree: true);
+        /// <summary>SIGKILL, then wait until the process is gone (its sockets closed by the kernel).</summary>
+        public async Task KillAsync()
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
 
         public async ValueTask DisposeAsync()
         {
