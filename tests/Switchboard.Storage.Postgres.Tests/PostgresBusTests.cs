@@ -34,7 +34,7 @@ public sealed class PostgresBusTests(PostgresFixture fixture) : IClassFixture<Po
         services.AddLogging();
         services.AddMetrics();
         services.AddSingleton(TimeProvider.System);
-        services.AddSingleton(new PostgresDatabase(_cs));
+        services.AddSingleton(_ => new PostgresDatabase(_cs)); // disposed with the provider
         services.AddSingleton(Options.Create(new SwitchboardOptions { NodeId = nodeId }));
         services.AddSingleton(Options.Create(new PostgresBusOptions { Channel = channel, ReconnectMinDelay = TimeSpan.FromMilliseconds(50) }));
         services.AddSingleton<BusMetrics>();
