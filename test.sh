@@ -4,10 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-./scripts/test-deps.sh
-
 results=$(mktemp -d)
-trap 'rm -rf "$results"' EXIT
+# Services started by test-deps.sh say how tests reach them (env file) and how to stop them (cleanup file).
+export SWITCHBOARD_TEST_ENV="$results/test-env.sh" SWITCHBOARD_TEST_CLEANUP="$results/test-cleanup.sh"
+: >"$SWITCHBOARD_TEST_ENV"; : >"$SWITCHBOARD_TEST_CLEANUP"
+trap 'bash "$SWITCHBOARD_TEST_CLEANUP" || true; rm -rf "$results"' EXIT
+./scripts/test-deps.sh
+# shellcheck disable=SC1090
+. "$SWITCHBOARD_TEST_ENV"
 status=0
 dotnet build Switchboard.slnx -c Release -nologo -v quiet | tail -n 3 || exit 1
 dotnet test Switchboard.slnx -c Release --no-build -nologo \

@@ -12,6 +12,7 @@ using Switchboard.Server.Diagnostics;
 using Switchboard.Server.Environments;
 using Switchboard.Server.Http;
 using Switchboard.Server.Limits;
+using Switchboard.Server.Nodes;
 using Switchboard.Server.Rooms;
 using Switchboard.Server.Tunnels;
 
@@ -44,6 +45,7 @@ public static class SwitchboardExtensions
         services.AddRooms();
         services.AddTunnels();
         services.AddEnvironments();
+        services.AddNodes();
         services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(15));
         return services;
     }
@@ -71,6 +73,7 @@ public static class SwitchboardExtensions
         app.MapRooms();
         app.MapTunnels();
         app.MapEnvironments();
+        app.MapNodes();
         return app;
     }
 }

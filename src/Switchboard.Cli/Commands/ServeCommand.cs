@@ -7,6 +7,8 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Switchboard.Server;
 using Switchboard.Server.Auth;
+using Switchboard.Server.Nodes;
+using Switchboard.Storage.Postgres;
 using Switchboard.Storage.Sqlite;
 
 namespace Switchboard.Cli.Commands;
@@ -26,6 +28,16 @@ internal static class ServeCommand
             Description = "PostgreSQL connection string for several nodes (env SWITCHBOARD_DATABASE).",
             DefaultValueFactory = _ => Env("SWITCHBOARD_DATABASE"),
         };
+        var nodeId = new Option<string?>("--node-id")
+        {
+            Description = "Stable id of this node in a cluster: letters, digits, '.', '_', '-' (env SWITCHBOARD_NODE_ID; default random per start).",
+            DefaultValueFactory = _ => Env("SWITCHBOARD_NODE_ID"),
+        };
+        var advertiseUrl = new Option<string?>("--advertise-url")
+        {
+            Description = "Base URL other nodes reach this node at, e.g. http://10.0.0.5:8080 (env SWITCHBOARD_ADVERTISE_URL; default: first listen address).",
+            DefaultValueFactory = _ => Env("SWITCHBOARD_ADVERTISE_URL"),
+        };
         var tunnelDomain = new Option<string>("--tunnel-domain")
         {
             Description = "Domain under which tunnels get subdomains (env SWITCHBOARD_TUNNEL_DOMAIN).",
@@ -33,14 +45,14 @@ internal static class ServeCommand
         };
         var command = new Command("serve", "Start the gateway (embedded SQLite store and in-process bus unless --database is given).")
         {
-            urls, dataDir, database, tunnelDomain,
+            urls, dataDir, database, nodeId, advertiseUrl, tunnelDomain,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
-            var db = parse.GetValue(database);
-            if (!string.IsNullOrWhiteSpace(db))
+            var node = new NodeSettings(parse.GetValue(database), parse.GetValue(nodeId), parse.GetValue(advertiseUrl));
+            if (node.Validate() is { } invalid)
             {
-                await Console.Error.WriteLineAsync("error: --database (PostgreSQL) is not supported by this build yet; run without it to use the embedded SQLite store.");
+                await Console.Error.WriteLineAsync("error: " + invalid);
                 return 2;
             }
             var dir = Path.GetFullPath(parse.GetValue(dataDir)!);
@@ -54,14 +66,47 @@ internal static class ServeCommand
                 await Console.Error.WriteLineAsync($"error: cannot use data dir {dir}: {ex.Message}");
                 return 1;
             }
-            return await RunAsync(parse.GetValue(urls)!, dir, parse.GetValue(tunnelDomain)!, secrets, cancellationToken);
+            return await RunAsync(parse.GetValue(urls)!, dir, parse.GetValue(tunnelDomain)!, secrets, node, cancellationToken);
         });
         return command;
     }
 
     private static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
 
-    private static async Task<int> RunAsync(string urls, string dataDir, string tunnelDomain, Secrets secrets, CancellationToken cancellationToken)
+    /// <summary>Where the node keeps its state and how it is known to the other nodes.</summary>
+    private sealed record NodeSettings(string? Database, string? NodeId, string? AdvertiseUrl)
+    {
+        public bool UsesPostgres => !string.IsNullOrWhiteSpace(Database);
+
+        public string? Validate()
+        {
+            if (UsesPostgres)
+            {
+                try
+                {
+                    _ = new Npgsql.NpgsqlConnectionStringBuilder(Database);
+                }
+                catch (ArgumentException ex)
+                {
+                    return $"--database is not a valid PostgreSQL connection string: {ex.Message}";
+                }
+            }
+            if (NodeId is not null && (NodeId.Length is 0 or > 64 || !NodeId.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-')))
+                return "--node-id must be 1-64 characters of letters, digits, '.', '_' or '-'";
+            if (AdvertiseUrl is not null && (!Uri.TryCreate(AdvertiseUrl, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https")))
+                return "--advertise-url must be an absolute http(s) URL";
+            return null;
+        }
+
+        /// <summary>The connection string without its password, for the banner.</summary>
+        public string Describe()
+        {
+            var b = new Npgsql.NpgsqlConnectionStringBuilder(Database) { Password = null };
+            return $"PostgreSQL {b.Host}:{b.Port}/{b.Database}";
+        }
+    }
+
+    private static async Task<int> RunAsync(string urls, string dataDir, string tunnelDomain, Secrets secrets, NodeSettings node, CancellationToken cancellationToken)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Configuration.AddEnvironmentVariables();
@@ -76,8 +121,15 @@ internal static class ServeCommand
             o.Auth.ApiKey = secrets.ApiKey;
             o.Auth.GitHubWebhookSecret = Env("SWITCHBOARD_GITHUB_WEBHOOK_SECRET") ?? o.Auth.GitHubWebhookSecret;
             o.TunnelDomain = tunnelDomain;
+            if (node.NodeId is not null)
+                o.NodeId = node.NodeId;
         });
-        builder.Services.AddSwitchboardSqlite(dataDir);
+        if (node.AdvertiseUrl is not null)
+            builder.Services.Configure<NodeOptions>(o => o.AdvertiseUrl = node.AdvertiseUrl);
+        if (node.UsesPostgres)
+            builder.Services.AddSwitchboardPostgres(node.Database!);
+        else
+            builder.Services.AddSwitchboardSqlite(dataDir);
         await using var app = builder.Build();
         app.MapSwitchboard();
         try
@@ -94,13 +146,19 @@ internal static class ServeCommand
             await Console.Error.WriteLineAsync($"error: cannot listen on {urls}: {ex.Message}");
             return 1;
         }
+        catch (Npgsql.NpgsqlException ex)
+        {
+            await Console.Error.WriteLineAsync($"error: cannot use the database ({node.Describe()}): {ex.Message}");
+            return 1;
+        }
         var tokens = app.Services.GetRequiredService<TokenService>();
-        PrintBanner(app.Urls, dataDir, secrets, tokens);
+        var storage = node.UsesPostgres ? node.Describe() : Path.Combine(dataDir, "switchboard.db");
+        PrintBanner(app.Urls, storage, dataDir, secrets, tokens, app.Services.GetRequiredService<INodeRegistry>().NodeId);
         await app.WaitForShutdownAsync(cancellationToken);
         return 0;
     }
 
-    private static void PrintBanner(ICollection<string> urls, string dataDir, Secrets secrets, TokenService tokens)
+    private static void PrintBanner(ICollection<string> urls, string storage, string dataDir, Secrets secrets, TokenService tokens, string nodeId)
     {
         var o = Console.Out;
         o.WriteLine();
@@ -110,7 +168,8 @@ internal static class ServeCommand
             o.WriteLine($"  Listening   {u}");
             o.WriteLine($"  Channels    {u.Replace("http", "ws", StringComparison.Ordinal)}/api/v1/ws");
         }
-        o.WriteLine($"  Data        {Path.Combine(dataDir, "switchboard.db")}");
+        o.WriteLine($"  Data        {storage}");
+        o.WriteLine($"  Node        {nodeId}");
         if (secrets.Generated)
         {
             // First start only: show the generated credentials once. Later starts print where they are, never the values.

@@ -1,0 +1,50 @@
+using System.Net;
+using System.Net.Http.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+using Switchboard.Server.Tests.Infrastructure;
+using Switchboard.Storage.Postgres;
+using Switchboard.Storage.Postgres.Tests;
+
+namespace Switchboard.Server.Tests.Cluster;
+
+/// <summary>What a node does when every database connection is cut (as in a PostgreSQL restart or failover).</summary>
+public sealed class DatabaseOutageTests(PostgresFixture fixture) : IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task After_all_connections_are_cut_nodes_reconnect_and_subscribers_miss_nothing()
+    {
+        await using var cluster = await TestCluster.StartAsync(fixture, 2);
+        var subscriber = await cluster[1].ConnectChannelsAsync();
+        await subscriber.SendJsonAsync(new { type = "subscribe", channel = "outage" });
+        await subscriber.ReceiveTypeAsync("subscribed");
+
+        var published = new List<long>();
+        var failures = 0;
+        for (var i = 1; i <= 40; i++)
+        {
+            if (i == 20)
+                await TerminateAllAsync(cluster.ConnectionString);
+            var response = await cluster[0].Api.PostAsJsonAsync("api/v1/channels/outage/messages", new { data = i });
+            if (response.StatusCode == HttpStatusCode.OK)
+                published.Add((await response.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>()).GetProperty("offset").GetInt64());
+            else
+                failures++;
+        }
+        Assert.Equal(Enumerable.Range(1, published.Count).Select(i => (long)i), published);
+        foreach (var offset in published)
+            Assert.Equal(offset, (await subscriber.ReceiveTypeAsync("message")).GetProperty("offset").GetInt64());
+        var bus = cluster[1].Services.GetRequiredService<PostgresBus>();
+        Assert.True(bus.IsListening);
+        Assert.True(failures <= 2, $"{failures} publishes failed after the outage"); // measured: 0
+        await subscriber.DisposeAsync();
+    }
+
+    private static async Task TerminateAllAsync(string connectionString)
+    {
+        await using var admin = new NpgsqlConnection(connectionString);
+        await admin.OpenAsync();
+        await using var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()", admin);
+        Assert.True((long)(await kill.ExecuteScalarAsync())! >= 2);
+    }
+}

@@ -1,0 +1,49 @@
+using System.Text;
+using Npgsql;
+
+namespace Switchboard.Storage.Postgres.Tests;
+
+/// <summary>What only a shared database must guarantee: several nodes migrating and appending at once.</summary>
+public sealed class PostgresStoreTests(PostgresFixture fixture) : IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task Nodes_starting_at_once_apply_each_migration_exactly_once()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        var nodes = Enumerable.Range(0, 6).Select(_ => new PostgresDatabase(cs)).ToList();
+        try
+        {
+            await Task.WhenAll(nodes.Select(n => n.MigrateAsync(PostgresServiceCollectionExtensions.AllMigrations, default)));
+            await using var connection = await nodes[0].OpenAsync(default);
+            await using var cmd = new NpgsqlCommand("SELECT count(*), count(DISTINCT id) FROM schema_migrations", connection);
+            await using var r = await cmd.ExecuteReaderAsync();
+            await r.ReadAsync();
+            Assert.Equal(PostgresServiceCollectionExtensions.AllMigrations.Count(), r.GetInt64(0));
+            Assert.Equal(r.GetInt64(0), r.GetInt64(1));
+        }
+        finally
+        {
+            foreach (var n in nodes)
+                await n.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Appends_from_several_nodes_get_strictly_increasing_gapless_offsets()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        var stores = new List<PostgresChannelStore>();
+        for (var i = 0; i < 3; i++)
+            stores.Add(new PostgresChannelStore(await fixture.OpenAsync(cs), TimeProvider.System));
+        var tasks = Enumerable.Range(0, 150).Select(i =>
+            stores[i % 3].AppendAsync("multi", Encoding.UTF8.GetBytes(i.ToString(System.Globalization.CultureInfo.InvariantCulture)), 1000, default).AsTask());
+        var results = await Task.WhenAll(tasks);
+        Assert.Equal(Enumerable.Range(1, 150).Select(i => (long)i), results.Select(r => r.Message.Offset).Order());
+        Assert.Single(results.Select(r => r.Epoch).Distinct());
+        // Every node reads the same complete history.
+        var history = await stores[2].ReadAsync("multi", 0, 1000, default);
+        Assert.True(history.Complete);
+        Assert.Equal(150, history.Messages.Count);
+        Assert.Equal(new Server.Storage.ChannelPosition(150, results[0].Epoch), (await stores[1].GetPositionAsync("multi", default)));
+    }
+}
