@@ -1,11 +1,13 @@
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
+using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
 using Switchboard.Server.Storage;
 
 namespace Switchboard.Storage.Sqlite;
 
 /// <summary>Channel offsets and history in SQLite.</summary>
-public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : IChannelStore
+public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : IChannelStore, IAsyncDisposable
 {
     public static readonly SqliteMigration[] Migrations =
     [
@@ -47,45 +49,119 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
         }, cancellationToken);
     }
 
-    public ValueTask<AppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, int retain, CancellationToken cancellationToken)
+    // Group commit: appends queue here and one writer commits whatever has queued, up to MaxBatch, in one transaction.
+    // Bounded: when the disk falls behind, publishers wait (back-pressure) instead of memory growing.
+    private const int MaxBatch = 256;
+    private readonly Channel<PendingAppend> _appends = Channel.CreateBounded<PendingAppend>(new BoundedChannelOptions(4096) { SingleReader = true });
+    private Task? _writer;
+    private readonly Lock _gate = new();
+
+    public async ValueTask<AppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, int retain, CancellationToken cancellationToken)
+    {
+        var pending = new PendingAppend(channel, data, Math.Max(retain, 0), new TaskCompletionSource<AppendResult>(TaskCreationOptions.RunContinuationsAsynchronously));
+        EnsureWriter();
+        await _appends.Writer.WriteAsync(pending, cancellationToken);
+        // Once queued the append completes even if the caller gives up, so the caller does not await with its token.
+        return await pending.Result.Task;
+    }
+
+    private void EnsureWriter()
+    {
+        if (_writer is not null)
+            return;
+        lock (_gate)
+            _writer ??= Task.Run(WriteLoopAsync);
+    }
+
+    private async Task WriteLoopAsync()
+    {
+        var batch = new List<PendingAppend>(MaxBatch);
+        var reader = _appends.Reader;
+        while (await reader.WaitToReadAsync())
+        {
+            while (batch.Count < MaxBatch && reader.TryRead(out var p))
+                batch.Add(p);
+            try
+            {
+                var results = await CommitAsync(batch);
+                for (var i = 0; i < batch.Count; i++)
+                    batch[i].Result.TrySetResult(results[i]);
+            }
+            catch (Exception ex)
+            {
+                foreach (var p in batch)
+                    p.Result.TrySetException(ex);
+            }
+            batch.Clear();
+        }
+    }
+
+    private Task<AppendResult[]> CommitAsync(List<PendingAppend> batch)
     {
         var now = time.GetUtcNow();
-        return new(db.WriteAsync(async (c, tx) =>
+        return db.WriteAsync(async (c, tx) =>
         {
-            long offset;
-            string epoch;
-            using (var cmd = c.CreateCommand())
+            using var upsert = c.CreateCommand();
+            upsert.Transaction = tx;
+            upsert.CommandText = """
+                INSERT INTO channels (name, epoch, last_offset) VALUES ($n, $e, 1)
+                ON CONFLICT (name) DO UPDATE SET last_offset = last_offset + 1
+                RETURNING last_offset, epoch;
+                """;
+            var upName = upsert.Parameters.Add("$n", SqliteType.Text);
+            var upEpoch = upsert.Parameters.Add("$e", SqliteType.Text);
+            using var insert = c.CreateCommand();
+            insert.Transaction = tx;
+            insert.CommandText = "INSERT INTO channel_messages (channel, offset, data, created_at) VALUES ($n, $o, $d, $t)";
+            var inName = insert.Parameters.Add("$n", SqliteType.Text);
+            var inOffset = insert.Parameters.Add("$o", SqliteType.Integer);
+            var inData = insert.Parameters.Add("$d", SqliteType.Blob);
+            insert.Parameters.AddWithValue("$t", now.ToUnixTimeMilliseconds());
+            using var trim = c.CreateCommand();
+            trim.Transaction = tx;
+            trim.CommandText = "DELETE FROM channel_messages WHERE channel = $n AND offset <= $limit";
+            var trName = trim.Parameters.Add("$n", SqliteType.Text);
+            var trLimit = trim.Parameters.Add("$limit", SqliteType.Integer);
+
+            var results = new AppendResult[batch.Count];
+            for (var i = 0; i < batch.Count; i++)
             {
-                cmd.Transaction = tx;
-                cmd.CommandText = """
-                    INSERT INTO channels (name, epoch, last_offset) VALUES ($n, $e, 1)
-                    ON CONFLICT (name) DO UPDATE SET last_offset = last_offset + 1
-                    RETURNING last_offset, epoch;
-                    """;
-                cmd.Parameters.AddWithValue("$n", channel);
-                cmd.Parameters.AddWithValue("$e", NewEpoch());
-                using var r = await cmd.ExecuteReaderAsync(cancellationToken);
-                await r.ReadAsync(cancellationToken);
-                offset = r.GetInt64(0);
-                epoch = r.GetString(1);
+                var p = batch[i];
+                upName.Value = p.Channel;
+                upEpoch.Value = NewEpoch();
+                long offset;
+                string epoch;
+                using (var r = await upsert.ExecuteReaderAsync())
+                {
+                    await r.ReadAsync();
+                    offset = r.GetInt64(0);
+                    epoch = r.GetString(1);
+                }
+                inName.Value = p.Channel;
+                inOffset.Value = offset;
+                inData.Value = MemoryMarshal.TryGetArray(p.Data, out var segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
+                    ? segment.Array
+                    : p.Data.ToArray();
+                await insert.ExecuteNonQueryAsync();
+                if (offset > p.Retain)
+                {
+                    trName.Value = p.Channel;
+                    trLimit.Value = offset - p.Retain;
+                    await trim.ExecuteNonQueryAsync();
+                }
+                results[i] = new AppendResult(new StoredMessage(p.Channel, offset, p.Data, now), epoch);
             }
-            using (var ins = c.CreateCommand())
-            {
-                ins.Transaction = tx;
-                ins.CommandText = """
-                    INSERT INTO channel_messages (channel, offset, data, created_at) VALUES ($n, $o, $d, $t);
-                    DELETE FROM channel_messages WHERE channel = $n AND offset <= $o - $keep;
-                    """;
-                ins.Parameters.AddWithValue("$n", channel);
-                ins.Parameters.AddWithValue("$o", offset);
-                ins.Parameters.Add("$d", SqliteType.Blob).Value = data.ToArray();
-                ins.Parameters.AddWithValue("$t", now.ToUnixTimeMilliseconds());
-                ins.Parameters.AddWithValue("$keep", Math.Max(retain, 0));
-                await ins.ExecuteNonQueryAsync(cancellationToken);
-            }
-            return new AppendResult(new StoredMessage(channel, offset, data, now), epoch);
-        }, cancellationToken));
+            return results;
+        }, CancellationToken.None);
     }
+
+    public ValueTask DisposeAsync()
+    {
+        _appends.Writer.TryComplete();
+        return _writer is null ? ValueTask.CompletedTask : new ValueTask(_writer);
+    }
+
+    private sealed record PendingAppend(string Channel, ReadOnlyMemory<byte> Data, int Retain, TaskCompletionSource<AppendResult> Result);
 
     public async ValueTask<ChannelHistory> ReadAsync(string channel, long afterOffset, int limit, CancellationToken cancellationToken)
     {

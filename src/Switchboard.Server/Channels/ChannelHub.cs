@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
-using System.Collections.Immutable;
 using System.Text;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -107,17 +106,27 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     /// <summary>Publishes JSON <paramref name="data"/> (already validated and compact) to a channel.</summary>
     public async ValueTask<ChannelPosition> PublishAsync(string channel, ReadOnlyMemory<byte> data, string? excludeConnection, CancellationToken cancellationToken)
     {
-        var state = await AcquireAsync(channel, cancellationToken);
-        AppendResult appended;
+        // The append runs outside the channel gate so concurrent publishes share a store commit (group commit);
+        // the store assigns offsets, and dispatch below happens in offset order under the gate.
+        var appended = await _store.AppendAsync(channel, data, _options.HistorySize, cancellationToken);
+        // Stored: from here on the publisher going away must not stop delivery.
+        var offset = appended.Message.Offset;
+        var state = await AcquireAsync(channel, CancellationToken.None);
         try
         {
-            appended = await _store.AppendAsync(channel, data, _options.HistorySize, cancellationToken);
-            // Stored: from here on the publisher going away must not stop delivery.
             state.Touch(_time.GetTimestamp());
-            await CatchUpLockedAsync(state, appended.Epoch, appended.Message.Offset - 1, CancellationToken.None);
-            Dispatch(state, new ChannelBroadcast(channel, appended.Message.Offset, appended.Message.Data, excludeConnection));
-            state.LastDispatched = appended.Message.Offset;
-            state.Epoch = appended.Epoch;
+            if (state.Epoch != appended.Epoch || offset > state.LastDispatched)
+            {
+                // Earlier offsets still missing here (another node's publish, or a concurrent local one whose
+                // continuation has not run yet) are read from the store first, so subscribers see offset order.
+                await CatchUpLockedAsync(state, appended.Epoch, offset - 1, CancellationToken.None);
+                if (state.Epoch != appended.Epoch || offset > state.LastDispatched)
+                {
+                    Dispatch(state, new ChannelBroadcast(channel, offset, appended.Message.Data, excludeConnection));
+                    state.LastDispatched = offset;
+                    state.Epoch = appended.Epoch;
+                }
+            }
         }
         finally
         {
@@ -157,7 +166,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             }
             var result = new SubscribeResult(position, recovered, missed);
             beforeLive(result);
-            ImmutableInterlocked.Update(ref state.Subscribers, static (a, s) => a.Add(s), subscriber);
+            state.Add(subscriber);
             state.Touch(_time.GetTimestamp());
             return result;
         }
@@ -171,7 +180,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         if (_channels.TryGetValue(channel, out var state))
         {
-            ImmutableInterlocked.Update(ref state.Subscribers, static (a, s) => a.Remove(s), subscriber);
+            state.Remove(subscriber);
         }
     }
 
@@ -228,11 +237,11 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         if (state.Epoch is null || state.Epoch != epoch)
         {
-            if (state.Epoch is not null && !state.Subscribers.IsEmpty)
+            if (state.Epoch is not null && state.HasSubscribers)
             {
                 // History was reset under live subscribers: their offsets mean nothing now. Make them resubscribe.
                 Log.EpochChanged(_logger, state.Name, state.Epoch, epoch);
-                foreach (var s in state.Subscribers)
+                foreach (var s in state.Snapshot())
                     (s as IRecoverableSubscriber)?.Resync(state.Name);
             }
             // First use on this node, or history was reset: nothing to catch up, start from here.
@@ -242,7 +251,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         }
         while (state.LastDispatched < upTo)
         {
-            if (state.Subscribers.IsEmpty)
+            if (!state.HasSubscribers)
             {
                 state.LastDispatched = upTo;
                 return;
@@ -252,7 +261,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             {
                 // The gap is no longer in history: subscribers cannot be made whole. Close them so they resubscribe and learn recovered:false.
                 Log.GapNotRecoverable(_logger, state.Name, state.LastDispatched, upTo);
-                foreach (var s in state.Subscribers)
+                foreach (var s in state.Snapshot())
                     (s as IRecoverableSubscriber)?.Resync(state.Name);
                 state.LastDispatched = upTo;
                 return;
@@ -269,7 +278,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
 
     private void Dispatch(ChannelState state, ChannelBroadcast broadcast)
     {
-        var subscribers = state.Subscribers;
+        var subscribers = state.Snapshot();
         var exclude = broadcast.ExcludeConnection;
         foreach (var s in subscribers)
         {
@@ -292,7 +301,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
         {
             if (state.Removed)
                 return;
-            if (state.Subscribers.IsEmpty)
+            if (!state.HasSubscribers)
             {
                 // Nobody to deliver to: forget the position so the next subscriber initializes from the store.
                 state.Epoch = null;
@@ -317,7 +326,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         foreach (var state in _channels.Values)
         {
-            if (state.Subscribers.IsEmpty)
+            if (!state.HasSubscribers)
                 continue;
             await state.Gate.WaitAsync(cancellationToken);
             try
@@ -342,10 +351,10 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             var now = _time.GetTimestamp();
             foreach (var (name, state) in _channels)
             {
-                if (state.Subscribers.IsEmpty && _time.GetElapsedTime(state.LastUsed, now) > TimeSpan.FromMinutes(5) && state.Gate.Wait(0))
+                if (!state.HasSubscribers && _time.GetElapsedTime(state.LastUsed, now) > TimeSpan.FromMinutes(5) && state.Gate.Wait(0))
                 {
                     // Removed under its gate; a publisher that still holds this state object only dispatches to nobody.
-                    if (state.Subscribers.IsEmpty)
+                    if (!state.HasSubscribers)
                     {
                         state.Removed = true;
                         _channels.TryRemove(new KeyValuePair<string, ChannelState>(name, state));
@@ -389,7 +398,47 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         public string Name { get; } = name;
         public SemaphoreSlim Gate { get; } = new(1, 1);
-        public ImmutableArray<IChannelSubscriber> Subscribers = [];
+        // Subscribe/unsubscribe are O(1); dispatch iterates an array snapshot rebuilt only after a change,
+        // so a subscribe storm on one channel costs no array copies.
+        private readonly HashSet<IChannelSubscriber> _subscribers = new(ReferenceEqualityComparer.Instance);
+        private IChannelSubscriber[]? _snapshot = [];
+        private readonly Lock _subscribersGate = new();
+
+        public bool HasSubscribers
+        {
+            get
+            {
+                lock (_subscribersGate)
+                    return _subscribers.Count > 0;
+            }
+        }
+
+        public void Add(IChannelSubscriber subscriber)
+        {
+            lock (_subscribersGate)
+            {
+                if (_subscribers.Add(subscriber))
+                    _snapshot = null;
+            }
+        }
+
+        public void Remove(IChannelSubscriber subscriber)
+        {
+            lock (_subscribersGate)
+            {
+                if (_subscribers.Remove(subscriber))
+                    _snapshot = null;
+            }
+        }
+
+        public IChannelSubscriber[] Snapshot()
+        {
+            var snapshot = Volatile.Read(ref _snapshot);
+            if (snapshot is not null)
+                return snapshot;
+            lock (_subscribersGate)
+                return _snapshot ??= [.. _subscribers];
+        }
         public string? Epoch;
         public long LastDispatched;
         public long LastUsed;

@@ -343,7 +343,9 @@ public sealed partial class WsConnection
                 var sent = 0;
                 while (!_discardQueue && reader.TryRead(out var frame))
                 {
-                    await _socket.SendAsync(frame.Payload, frame.Type, endOfMessage: true, token);
+                    // No token per send (registering one costs an allocation per message): a close that does not
+                    // finish in time aborts the socket through _sendCancellation's registration instead.
+                    await _socket.SendAsync(frame.Payload, frame.Type, endOfMessage: true, CancellationToken.None);
                     Interlocked.Add(ref _queuedBytes, -frame.Payload.Length);
                     sent++;
                     if (_metrics.DeliveryDurationEnabled)
