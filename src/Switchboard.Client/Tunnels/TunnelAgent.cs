@@ -21,6 +21,7 @@ public sealed class TunnelAgent : IAsyncDisposable
     private readonly CancellationTokenSource _disposed = new();
     private AgentConnection? _current;
     private string? _assignedName;
+    private int _disposeCalled;
 
     public TunnelAgent(TunnelAgentOptions options)
     {
@@ -143,6 +144,8 @@ public sealed class TunnelAgent : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)
+            return;
         await _disposed.CancelAsync();
         if (_current is { } c)
             await c.CloseAsync();

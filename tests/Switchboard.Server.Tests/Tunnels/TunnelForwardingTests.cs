@@ -134,12 +134,13 @@ public sealed class TunnelForwardingTests
     public async Task Buffered_mode_sends_content_length()
     {
         await using var h = await TunnelHarness.StartAsync();
-        using var streamed = await h.Client.GetAsync(h.Path("/chunks"));
-        Assert.Null(streamed.Content.Headers.ContentLength); // streamed: chunked
+        using var streamed = await h.Client.GetAsync(h.Path("/chunks"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.True(streamed.Headers.TransferEncodingChunked); // streamed
         Assert.Equal(LocalApp.Pattern(100000), await streamed.Content.ReadAsByteArrayAsync());
         using var request = new HttpRequestMessage(HttpMethod.Get, h.Path("/chunks"));
         request.Headers.Add("X-Switchboard-Buffer", "1");
-        using var buffered = await h.Client.SendAsync(request);
+        using var buffered = await h.Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        Assert.NotEqual(true, buffered.Headers.TransferEncodingChunked);
         Assert.Equal(100000, buffered.Content.Headers.ContentLength);
         Assert.Equal(LocalApp.Pattern(100000), await buffered.Content.ReadAsByteArrayAsync());
     }
