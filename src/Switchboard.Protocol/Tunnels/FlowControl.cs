@@ -88,7 +88,7 @@ public sealed class InboundBuffer(int window)
     /// <summary>Credit charged per WebSocket record besides its data, so empty messages cannot flood the buffer.</summary>
     public const int RecordOverhead = 5;
 
-    private readonly Pipe _pipe = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+    private readonly Pipe _pipe = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: 16 * 1024, useSynchronizationContext: false));
     private readonly Lock _lock = new();
     private long _buffered;
     private bool _completed;

@@ -187,10 +187,15 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
                 {
                     var result = await reader.ReadAsync(context.RequestAborted);
                     var buffer = result.Buffer;
+                    // Copy whatever arrived and flush once: each chunk reaches the client now (SSE), without a write per pipe segment.
                     foreach (var segment in buffer)
-                        await http.Body.WriteAsync(segment, context.RequestAborted);
+                        http.BodyWriter.Write(segment.Span);
                     if (!buffer.IsEmpty)
-                        await http.Body.FlushAsync(context.RequestAborted);
+                    {
+                        var flush = await http.BodyWriter.FlushAsync(context.RequestAborted);
+                        if (flush.IsCanceled)
+                            throw new OperationCanceledException();
+                    }
                     var length = (int)buffer.Length;
                     reader.AdvanceTo(buffer.End);
                     record.ResponseBytes += length;
