@@ -97,6 +97,9 @@ public sealed class TunnelAgent : IAsyncDisposable
                     attempt = 0;
                 }
                 var code = await running;
+                if (code is CloseCodes.ResourceClosed or CloseCodes.Unauthorized or CloseCodes.Forbidden or CloseCodes.NotFound)
+                    throw new TunnelRefusedException(code, code == CloseCodes.ResourceClosed
+                        ? "another agent took over this tunnel" : $"the gateway closed the tunnel ({code})");
                 reason = $"connection closed ({code})";
                 retryNow = code == CloseCodes.Stale;
             }
@@ -237,8 +240,9 @@ internal sealed class AgentConnection(TunnelAgent agent)
         {
             return 1006;
         }
-        catch (FormatException)
+        catch (Exception ex) when (ex is FormatException or InvalidDataException)
         {
+            // The gateway broke the protocol (malformed frame, window overrun): drop the connection and start over.
             _socket.Abort();
             return CloseCodes.PolicyViolation;
         }

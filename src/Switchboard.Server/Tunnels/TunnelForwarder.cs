@@ -318,6 +318,9 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException or TunnelStreamAbortedException or BadHttpRequestException)
         {
+            // A body that broke off (malformed chunking, client gone) must not leave the local request waiting for the rest.
+            if (!cancellationToken.IsCancellationRequested && ex is not TunnelStreamAbortedException)
+                stream.Abort("the request body broke off: " + ex.Message);
             return UploadResult.Failed;
         }
         finally
