@@ -233,3 +233,46 @@ public sealed class TunnelAgentTests
         Assert.Equal(HttpStatusCode.NotFound, (await h.Gateway.Api.PostAsync($"api/v1/tunnels/{name}/requests/999/replay", null)).StatusCode);
     }
 }
+
+public sealed class TunnelCliTests
+{
+    [Fact]
+    public async Task Cli_agent_killed_mid_response_gives_502_and_a_restarted_agent_serves_the_same_url()
+    {
+        await using var h = await TunnelHarness.StartAsync(connect: false);
+        var token = await h.AgentTokenAsync("cli");
+        string[] args = ["tunnel", "http", h.Local.Uri.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", h.Gateway.BaseUri.ToString(),
+            "--token", token, "--subdomain", "proc"];
+        using (var first = await CliAgentProcess.StartAsync(args))
+        {
+            Assert.Contains($"Forwarding  http://proc.localhost:{h.Gateway.BaseUri.Port}  ->  http://127.0.0.1:{h.Local.Uri.Port}", first.Output);
+            Assert.Contains($"Forwarding  {h.Gateway.BaseUri}t/proc/", first.Output);
+            Assert.StartsWith("hello /hello", await h.Client.GetStringAsync("t/proc/hello"));
+            await first.WaitForOutputAsync("/hello", TimeSpan.FromSeconds(5)); // the live request line
+
+            using var trickle = await h.Client.GetAsync("t/proc/trickle", HttpCompletionOption.ResponseHeadersRead);
+            var body = await trickle.Content.ReadAsStreamAsync();
+            Assert.True(await body.ReadAsync(new byte[16]) > 0);
+            var waiting = h.Client.GetAsync("t/proc/hang");
+            await Task.Delay(300);
+            var clock = Stopwatch.StartNew();
+            first.Kill();
+            using var failed = await waiting;
+            Assert.Equal(HttpStatusCode.BadGateway, failed.StatusCode);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"502 took {clock.ElapsedMilliseconds} ms");
+            await Assert.ThrowsAnyAsync<IOException>(async () =>
+            {
+                while (await body.ReadAsync(new byte[1024]) > 0)
+                {
+                }
+            });
+        }
+        using var second = await CliAgentProcess.StartAsync(args);
+        Assert.StartsWith("hello /hello", await h.Client.GetStringAsync("t/proc/hello"));
+
+        // Another token asking for the name: the CLI prints the refusal and exits.
+        var other = await h.AgentTokenAsync("other");
+        var ex = await Assert.ThrowsAnyAsync<Exception>(() => CliAgentProcess.StartAsync(["tunnel", "http", "1", "--server", h.Gateway.BaseUri.ToString(), "--token", other, "--subdomain", "proc"]));
+        Assert.Contains("error: the gateway refused the tunnel (4403): subdomain 'proc' is reserved by another token", ex.Message);
+    }
+}
