@@ -23,6 +23,9 @@ public sealed class LocalApp : IAsyncDisposable
     /// <summary>SSE gate: the server produces event i+1 only after the test released it.</summary>
     public SemaphoreSlim SseGate { get; } = new(0);
 
+    /// <summary>Completes when a /hang request was cancelled (the agent cancelled the local request).</summary>
+    public TaskCompletionSource HangAborted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>Set when /sse produced each event (index).</summary>
     public List<int> SseProduced { get; } = [];
 
@@ -105,6 +108,7 @@ public sealed class LocalApp : IAsyncDisposable
         });
         app.MapGet("/hang", async (HttpContext c) =>
         {
+            using var _ = c.RequestAborted.Register(() => local.HangAborted.TrySetResult());
             await Task.Delay(Timeout.Infinite, c.RequestAborted);
         });
         app.MapGet("/trickle", async (HttpContext c) =>

@@ -98,6 +98,38 @@ public sealed class TunnelAgentTests
     }
 
     [Fact]
+    public async Task Public_client_disconnect_cancels_the_local_request()
+    {
+        await using var h = await TunnelHarness.StartAsync();
+        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => h.Client.GetAsync(h.Path("/hang"), cancel.Token));
+        await h.Local.HangAborted.Task.WaitAsync(TimeSpan.FromSeconds(3));
+    }
+
+    [Fact]
+    public async Task A_newer_agent_for_the_same_name_and_owner_takes_over_and_the_old_one_stops()
+    {
+        await using var h = await TunnelHarness.StartAsync(connect: false);
+        var token = await h.AgentTokenAsync();
+        await using var old = new TunnelAgent(h.AgentOptions(o =>
+        {
+            o.Token = token;
+            o.Subdomain = "same";
+        }));
+        var (_, running) = await old.StartAsync(CancellationToken.None);
+        await h.StartAgentAsync(o =>
+        {
+            o.Token = token;
+            o.Subdomain = "same";
+        });
+        var ex = await Assert.ThrowsAsync<TunnelRefusedException>(() => running.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(CloseCodes.ResourceClosed, ex.Code);
+        using var response = await h.Client.GetAsync("t/same/hello");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Single(JsonDocument.Parse(await h.Gateway.Api.GetStringAsync("api/v1/tunnels")).RootElement.GetProperty("tunnels").EnumerateArray());
+    }
+
+    [Fact]
     public async Task Bad_agent_token_and_bad_jwt_are_refused_with_4401()
     {
         await using var h = await TunnelHarness.StartAsync(connect: false);
