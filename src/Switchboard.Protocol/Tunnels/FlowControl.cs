@@ -163,7 +163,10 @@ public sealed class InboundBuffer(int window)
     private void Charge(int bytes)
     {
         if (Interlocked.Add(ref _buffered, bytes) > window)
+        {
+            Interlocked.Add(ref _buffered, -bytes); // refused data is not buffered
             throw new InvalidDataException("peer sent more than the stream window allows");
+        }
     }
 
     private void Flush()
