@@ -35,6 +35,11 @@ public abstract class TunnelRegistrySpecification
         Assert.Equal("c3", (await registry.GetAsync("shop", default))!.ConnectionId);
         Assert.True(await registry.UnregisterAsync("shop", "c3", default));
         Assert.Null(await registry.GetAsync("shop", default));
+
+        // A restarted node drops what it held; other nodes' rows stay.
+        await registry.RegisterAsync(new TunnelRegistration("api", "node-1", "c4", "token:a", At), default);
+        Assert.Equal(1, await registry.RemoveNodeAsync("node-1", default));
+        Assert.Equal(["blog"], (await registry.ListAsync(default)).Select(r => r.Name));
     }
 
     [Fact]

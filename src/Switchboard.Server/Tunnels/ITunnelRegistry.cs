@@ -21,6 +21,9 @@ public interface ITunnelRegistry
     /// <summary>Removes the registration only if it still belongs to <paramref name="connectionId"/>; false otherwise.</summary>
     ValueTask<bool> UnregisterAsync(string name, string connectionId, CancellationToken cancellationToken);
 
+    /// <summary>Removes every registration of a node (at its start-up: whatever it held before is gone); returns how many.</summary>
+    ValueTask<int> RemoveNodeAsync(string nodeId, CancellationToken cancellationToken);
+
     ValueTask<TunnelRegistration?> GetAsync(string name, CancellationToken cancellationToken);
 
     ValueTask<IReadOnlyList<TunnelRegistration>> ListAsync(CancellationToken cancellationToken);

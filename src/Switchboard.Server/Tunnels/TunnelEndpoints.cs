@@ -19,6 +19,7 @@ public static class TunnelEndpoints
         services.AddOptions<TunnelOptions>().BindConfiguration(TunnelOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         services.TryAddSingleton<TunnelHub>();
         services.TryAddSingleton<TunnelForwarder>();
+        services.AddHostedService<TunnelRegistryCleanup>();
         return services;
     }
 
@@ -112,4 +113,12 @@ public static class TunnelEndpoints
     private static TunnelRequestInfo Info(TunnelRequestRecord r) => new(r.Id, r.StartedAt, r.Method, r.Path, r.Status, Math.Round(r.DurationMs, 3), r.RequestBytes,
         r.ResponseBytes, r.RequestHeaders.Select(h => new HeaderEntry(h.Key, h.Value)).ToList(), r.ResponseHeaders.Select(h => new HeaderEntry(h.Key, h.Value)).ToList(),
         r.Error, r.Body is not null || r.RequestBytes == 0);
+}
+
+/// <summary>At start-up, removes registrations this node left behind (a crash skips the per-connection cleanup).</summary>
+internal sealed class TunnelRegistryCleanup(ITunnelRegistry registry, IOptions<SwitchboardOptions> options) : Microsoft.Extensions.Hosting.IHostedService
+{
+    public async Task StartAsync(CancellationToken cancellationToken) => await registry.RemoveNodeAsync(options.Value.NodeId, cancellationToken);
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }

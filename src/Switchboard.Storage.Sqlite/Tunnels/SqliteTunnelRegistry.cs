@@ -60,6 +60,16 @@ public sealed class SqliteTunnelRegistry(SqliteDatabase db) : ITunnelRegistry
             return await cmd.ExecuteNonQueryAsync(cancellationToken) > 0;
         }, cancellationToken);
 
+    public async ValueTask<int> RemoveNodeAsync(string nodeId, CancellationToken cancellationToken) =>
+        await db.WriteAsync(async (c, tx) =>
+        {
+            using var cmd = c.CreateCommand();
+            cmd.Transaction = tx;
+            cmd.CommandText = "DELETE FROM tunnel_connections WHERE node_id = $node";
+            cmd.Parameters.AddWithValue("$node", nodeId);
+            return await cmd.ExecuteNonQueryAsync(cancellationToken);
+        }, cancellationToken);
+
     public async ValueTask<TunnelRegistration?> GetAsync(string name, CancellationToken cancellationToken) =>
         (await QueryAsync("SELECT name, node_id, connection_id, owner, connected_at FROM tunnel_connections WHERE name = $n", name, cancellationToken)).FirstOrDefault();
 
