@@ -1,6 +1,8 @@
 using Microsoft.Data.Sqlite;
 using Switchboard.Server.Storage;
+using Switchboard.Server.Tunnels;
 using Switchboard.Storage.Specification;
+using Switchboard.Storage.Sqlite.Tunnels;
 
 namespace Switchboard.Storage.Sqlite.Tests;
 
@@ -13,7 +15,7 @@ internal sealed class SqliteTestDatabase : IAsyncDisposable
     public async Task<SqliteDatabase> OpenAsync()
     {
         var db = new SqliteDatabase(Path.Combine(_dir, _databases.Count + ".db"));
-        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations), default);
+        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations).Concat(SqliteTunnelRegistry.Migrations), default);
         _databases.Add(db);
         return db;
     }
@@ -52,6 +54,17 @@ public sealed class SqliteRoomStoreTests : RoomStoreSpecification, IAsyncLifetim
     private readonly SqliteTestDatabase _db = new();
 
     protected override async Task<IRoomStore> CreateStoreAsync() => new SqliteRoomStore(await _db.OpenAsync());
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _db.DisposeAsync().AsTask();
+}
+
+public sealed class SqliteTunnelRegistryTests : TunnelRegistrySpecification, IAsyncLifetime
+{
+    private readonly SqliteTestDatabase _db = new();
+
+    protected override async Task<ITunnelRegistry> CreateRegistryAsync() => new SqliteTunnelRegistry(await _db.OpenAsync());
 
     public Task InitializeAsync() => Task.CompletedTask;
 

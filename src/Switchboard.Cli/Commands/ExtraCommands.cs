@@ -7,6 +7,7 @@ internal static class ExtraCommands
 {
     public static IEnumerable<Command> Create()
     {
-        yield break;
+        yield return TunnelCommand.Create();
+        yield return TokensCommand.Create();
     }
 }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Tunnel benchmark: the same local server reached directly, through Switchboard, and through pipenet
+# (a localtunnel-style peer), on loopback. Needs: dotnet, node/npm, wrk, curl.
+# Usage: bench/tunnels/run.sh [duration_seconds=10] [connections=50] [big_mb=1024]
+set -euo pipefail
+DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d); PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+LOCAL=19000; GW=19080; PN=19090
+PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
+
+dotnet build "$ROOT/src/Switchboard.Cli" -c Release -m:1 -v q -nologo >/dev/null
+SB="$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"
+if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
+  mkdir -p "$PEER" && (cd "$PEER" && npm init -y >/dev/null && npm install --silent pipenet@1.4.3 >/dev/null)
+fi
+
+node "$ROOT/bench/tunnels/local-server.js" $LOCAL & PIDS+=($!)
+"$SB" serve --urls http://127.0.0.1:$GW --data-dir "$WORK/data" >"$WORK/serve.log" 2>&1 & GWPID=$!; PIDS+=($GWPID)
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$GW/healthz && break; sleep 0.2; done
+TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>/dev/null)
+"$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench >"$WORK/agent.log" 2>&1 & AGPID=$!; PIDS+=($AGPID)
+"$PEER/node_modules/.bin/pipenet" server --port $PN --domain localhost >"$WORK/pipenet-server.log" 2>&1 & PIDS+=($!)
+sleep 1
+"$PEER/node_modules/.bin/pipenet" client --port $LOCAL --host http://localhost:$PN --subdomain bench >"$WORK/pipenet-client.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && curl -sf -o /dev/null -H "Host: bench.localhost:$PN" http://127.0.0.1:$PN/small && break; sleep 0.2; done
+
+# name | url | extra wrk/curl header
+VARIANTS=("direct|http://127.0.0.1:$LOCAL|" "switchboard|http://127.0.0.1:$GW/t/bench|" "pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN")
+rss() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status; }
+lat() { # prints p50 p99 in ms from wrk --latency output
+  awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50, p99}' | sed -E 's/([0-9.]+)us/\1e-3/g; s/([0-9.]+)ms/\1/g; s/([0-9.]+)s/\1e3/g' | awk '{printf "%.3f %.3f", $1, $2}'
+}
+echo "| variant | req/s (c=$CONN) | p50 ms (c=$CONN) | p99 ms (c=$CONN) | p50 ms (c=1) | p99 ms (c=1) | ${BIG} MiB download MB/s |"
+echo "|---|---|---|---|---|---|---|"
+for v in "${VARIANTS[@]}"; do
+  IFS='|' read -r name url header <<<"$v"
+  H=(); [ -n "$header" ] && H=(-H "$header")
+  out=$(wrk -t2 -c"$CONN" -d"${DUR}s" --latency "${H[@]}" "$url/small")
+  rps=$(awk '/Requests\/sec/{printf "%.0f", $2}' <<<"$out"); read -r p50 p99 <<<"$(lat <<<"$out")"
+  errs=$(awk '/Non-2xx|Socket errors/{print}' <<<"$out" | tr '\n' ' ')
+  light=$(wrk -t1 -c1 -d"$(( DUR / 2 > 2 ? DUR / 2 : 2 ))s" --latency "${H[@]}" "$url/small"); read -r l50 l99 <<<"$(lat <<<"$light")"
+  speed=$(curl -s -o /dev/null "${H[@]}" -w '%{speed_download}' "$url/big?mb=$BIG" | awk '{printf "%.0f", $1/1e6}')
+  echo "| $name | $rps | $p50 | $p99 | $l50 | $l99 | $speed |${errs:+ $errs}"
+done
+echo
+echo "Switchboard peak RSS: gateway $(rss $GWPID) MB, agent $(rss $AGPID) MB"

@@ -1,0 +1,335 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.WebSockets;
+using System.Text;
+using Switchboard.Protocol.Tunnels;
+
+namespace Switchboard.Client.Tunnels;
+
+/// <summary>
+/// The agent's half of one stream: forwards the request to the local server and the response back, under the
+/// stream window granted by the gateway. The request body arrives in a bounded <see cref="InboundBuffer"/>.
+/// </summary>
+internal sealed class AgentStream(AgentConnection connection, uint id, TunnelRequestHead head, int window)
+{
+    private readonly CancellationTokenSource _cancel = CancellationTokenSource.CreateLinkedTokenSource(connection.ClosedToken);
+    private int _windowPending;
+
+    public uint Id { get; } = id;
+    public InboundBuffer Inbound { get; } = new(window);
+    public FlowWindow SendWindow { get; } = new(window);
+
+    public void Fail(Exception error)
+    {
+        Inbound.Complete(error);
+        SendWindow.Close(error);
+        try
+        {
+            _cancel.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
+    public async Task RunAsync()
+    {
+        await Task.Yield();
+        var started = Stopwatch.GetTimestamp();
+        var status = 0;
+        long sent = 0;
+        string? error = null;
+        try
+        {
+            if (head.WebSocket)
+                (status, sent) = await WebSocketAsync(_cancel.Token);
+            else
+                (status, sent) = await HttpAsync(_cancel.Token);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or TunnelStreamAbortedException)
+        {
+            error = "aborted";
+        }
+        catch (Exception ex)
+        {
+            error = ex.Message;
+            await connection.TrySendAsync(TunnelProtocol.Abort(Id, "agent error: " + ex.Message), CancellationToken.None);
+        }
+        finally
+        {
+            connection.Remove(this);
+            _cancel.Dispose();
+        }
+        connection.Completed(new TunnelRequestCompleted(head.Method, head.Target, status, Stopwatch.GetElapsedTime(started), Inbound.Received, sent, error));
+    }
+
+    private Uri LocalUri(string scheme)
+    {
+        var local = connection.Options.LocalTarget;
+        var builder = new StringBuilder();
+        builder.Append(scheme).Append("://").Append(local.Authority);
+        builder.Append(local.AbsolutePath.TrimEnd('/'));
+        builder.Append(head.Target.StartsWith('/') ? head.Target : "/" + head.Target);
+        return new Uri(builder.ToString());
+    }
+
+    private async Task<(int, long)> HttpAsync(CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(new HttpMethod(head.Method), LocalUri(connection.Options.LocalTarget.Scheme))
+        {
+            Version = HttpVersion.Version11,
+            VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
+        };
+        if (head.HasBody)
+            request.Content = new InboundContent(this, connection);
+        foreach (var (name, value) in head.Headers)
+        {
+            if (name.Equals("Host", StringComparison.OrdinalIgnoreCase))
+            {
+                if (connection.Options.HostHeader == HostHeaderMode.Preserve)
+                    request.Headers.Host = value;
+                continue;
+            }
+            if (!request.Headers.TryAddWithoutValidation(name, value))
+                request.Content?.Headers.TryAddWithoutValidation(name, value);
+        }
+
+        HttpResponseMessage response;
+        try
+        {
+            response = await connection.Http.SendAsync(request, cancellationToken);
+        }
+        catch (HttpRequestException ex)
+        {
+            // The local server is down or refused: answer like a proxy would, the public client sees why.
+            var body = Encoding.UTF8.GetBytes($"Switchboard agent: the local server {connection.Options.LocalTarget} did not answer: {ex.Message}\n");
+            await connection.SendAsync(new TunnelResponseHead(502, [new("Content-Type", "text/plain; charset=utf-8"),
+                new("Content-Length", body.Length.ToString(System.Globalization.CultureInfo.InvariantCulture))]).Encode(Id), cancellationToken);
+            await connection.SendAsync(TunnelProtocol.Frame(TunnelFrameType.ResponseBody, Id, body), cancellationToken);
+            await connection.SendAsync(TunnelProtocol.Trailers(Id, []), cancellationToken);
+            return (502, body.Length);
+        }
+        using (response)
+        {
+            var headers = new List<KeyValuePair<string, string>>();
+            AddHeaders(headers, response.Headers.NonValidated);
+            AddHeaders(headers, response.Content.Headers.NonValidated);
+            var status = (int)response.StatusCode;
+            await connection.SendAsync(new TunnelResponseHead(status, headers).Encode(Id), cancellationToken);
+
+            var sent = 0L;
+            var buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.HeaderSize + TunnelProtocol.MaxDataPayload);
+            try
+            {
+                await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
+                while (true)
+                {
+                    var credit = await SendWindow.TakeAsync(TunnelProtocol.MaxDataPayload, cancellationToken);
+                    var read = await body.ReadAsync(buffer.AsMemory(TunnelProtocol.HeaderSize, credit), cancellationToken);
+                    if (read < credit)
+                        SendWindow.Grant(credit - read);
+                    if (read == 0)
+                        break;
+                    buffer[0] = (byte)TunnelFrameType.ResponseBody;
+                    BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(1), Id);
+                    await connection.SendAsync(buffer.AsMemory(0, TunnelProtocol.HeaderSize + read), cancellationToken);
+                    sent += read;
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+            var trailers = new List<KeyValuePair<string, string>>();
+            AddHeaders(trailers, response.TrailingHeaders.NonValidated);
+            await connection.SendAsync(TunnelProtocol.Trailers(Id, trailers), cancellationToken);
+            return (status, sent);
+        }
+    }
+
+    private static void AddHeaders(List<KeyValuePair<string, string>> list, HttpHeadersNonValidated headers)
+    {
+        foreach (var (name, values) in headers)
+        {
+            if (HopByHop.IsHopByHop(name))
+                continue;
+            foreach (var value in values)
+                list.Add(new(name, value));
+        }
+    }
+
+    /// <summary>Returns credit to the gateway for request bytes handed to the local server.</summary>
+    internal void Consumed(int charged)
+    {
+        Inbound.Consumed(charged);
+        var pending = Interlocked.Add(ref _windowPending, charged);
+        if (pending >= 16 * 1024)
+        {
+            Interlocked.Add(ref _windowPending, -pending);
+            _ = connection.TrySendAsync(TunnelProtocol.WindowUpdate(Id, pending), CancellationToken.None);
+        }
+    }
+
+    private async Task<(int, long)> WebSocketAsync(CancellationToken cancellationToken)
+    {
+        using var local = new ClientWebSocket();
+        local.Options.CollectHttpResponseDetails = true;
+        local.Options.KeepAliveInterval = TimeSpan.Zero;
+        foreach (var (name, value) in head.Headers)
+        {
+            if (name.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
+            {
+                foreach (var p in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                    local.Options.AddSubProtocol(p);
+                continue;
+            }
+            if (name.Equals("Host", StringComparison.OrdinalIgnoreCase) || name.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) ||
+                name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase) || HopByHop.IsHopByHop(name))
+                continue;
+            try
+            {
+                local.Options.SetRequestHeader(name, value);
+            }
+            catch (ArgumentException)
+            {
+            }
+        }
+        var scheme = connection.Options.LocalTarget.Scheme == "https" ? "wss" : "ws";
+        try
+        {
+            await local.ConnectAsync(LocalUri(scheme), connection.Http, cancellationToken);
+        }
+        catch (WebSocketException ex)
+        {
+            var status = local.HttpStatusCode is 0 or HttpStatusCode.SwitchingProtocols ? 502 : (int)local.HttpStatusCode;
+            var body = Encoding.UTF8.GetBytes($"Switchboard agent: websocket to the local server failed: {ex.Message}\n");
+            await connection.SendAsync(new TunnelResponseHead(status, [new("Content-Type", "text/plain; charset=utf-8")]).Encode(Id), cancellationToken);
+            await connection.SendAsync(TunnelProtocol.Frame(TunnelFrameType.ResponseBody, Id, body), cancellationToken);
+            await connection.SendAsync(TunnelProtocol.Trailers(Id, []), cancellationToken);
+            return (status, body.Length);
+        }
+        var responseHeaders = new List<KeyValuePair<string, string>>();
+        if (local.SubProtocol is { } sub)
+            responseHeaders.Add(new("Sec-WebSocket-Protocol", sub));
+        await connection.SendAsync(new TunnelResponseHead(101, responseHeaders).Encode(Id), cancellationToken);
+
+        using var both = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var sentTotal = 0L;
+        var up = Task.Run(async () =>
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.MaxDataPayload);
+            try
+            {
+                while (true)
+                {
+                    var credit = await SendWindow.TakeAsync(TunnelProtocol.MaxDataPayload, both.Token);
+                    var usable = Math.Max(1, credit - InboundBuffer.RecordOverhead);
+                    var result = await local.ReceiveAsync(buffer.AsMemory(0, usable), both.Token);
+                    if (result.MessageType == WebSocketMessageType.Close)
+                    {
+                        SendWindow.Grant(credit);
+                        await connection.SendAsync(TunnelProtocol.WsClose(Id, (int?)local.CloseStatus ?? 1000, local.CloseStatusDescription ?? ""), both.Token);
+                        return;
+                    }
+                    var charged = result.Count + InboundBuffer.RecordOverhead;
+                    if (charged < credit)
+                        SendWindow.Grant(credit - charged);
+                    await connection.SendAsync(TunnelProtocol.WsMessage(Id, result.MessageType == WebSocketMessageType.Binary, result.EndOfMessage, buffer.AsSpan(0, result.Count)), both.Token);
+                    sentTotal += result.Count;
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }, CancellationToken.None);
+        var down = Task.Run(async () =>
+        {
+            var reader = Inbound.Reader;
+            while (true)
+            {
+                var result = await reader.ReadAsync(both.Token);
+                var buffer = result.Buffer;
+                while (InboundBuffer.TryReadRecord(ref buffer, out var flags, out var data))
+                {
+                    var charged = (int)data.Length + InboundBuffer.RecordOverhead;
+                    if ((flags & InboundBuffer.CloseFlag) != 0)
+                    {
+                        var bytes = data.ToArray();
+                        var code = bytes.Length >= 2 ? BinaryPrimitives.ReadUInt16BigEndian(bytes) : 1000;
+                        var reason = bytes.Length > 2 ? new TunnelReader(bytes.AsSpan(2)).String() : "";
+                        if (local.State is WebSocketState.Open or WebSocketState.CloseReceived)
+                            await local.CloseOutputAsync(code is 1005 or 1006 ? WebSocketCloseStatus.NormalClosure : (WebSocketCloseStatus)code, reason, both.Token);
+                        reader.AdvanceTo(buffer.Start);
+                        return;
+                    }
+                    var type = (flags & 1) != 0 ? WebSocketMessageType.Binary : WebSocketMessageType.Text;
+                    await local.SendAsync(data.IsSingleSegment ? data.First : data.ToArray(), type, (flags & 2) != 0, both.Token);
+                    Consumed(charged);
+                }
+                reader.AdvanceTo(buffer.Start, result.Buffer.End);
+                if (result.IsCompleted)
+                    return;
+            }
+        }, CancellationToken.None);
+        try
+        {
+            await Task.WhenAny(up, down);
+            await Task.WhenAny(Task.WhenAll(up, down), Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None));
+        }
+        finally
+        {
+            await both.CancelAsync();
+            local.Abort();
+            try
+            {
+                await Task.WhenAll(up, down);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or WebSocketException or IOException or TunnelStreamAbortedException)
+            {
+            }
+        }
+        return (101, sentTotal);
+    }
+}
+
+/// <summary>Request content read from the stream's inbound buffer; each chunk handed to the local server returns window credit.</summary>
+internal sealed class InboundContent(AgentStream stream, AgentConnection connection) : HttpContent
+{
+    protected override async Task SerializeToStreamAsync(Stream target, System.Net.TransportContext? context, CancellationToken cancellationToken)
+    {
+        var reader = stream.Inbound.Reader;
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAsync(cancellationToken);
+                foreach (var segment in result.Buffer)
+                    await target.WriteAsync(segment, cancellationToken);
+                var length = (int)result.Buffer.Length;
+                reader.AdvanceTo(result.Buffer.End);
+                if (length > 0)
+                    stream.Consumed(length);
+                if (result.IsCompleted)
+                    break;
+            }
+        }
+        finally
+        {
+            await reader.CompleteAsync();
+        }
+        _ = connection;
+    }
+
+    protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context) =>
+        SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+    protected override bool TryComputeLength(out long length)
+    {
+        length = 0;
+        return false;
+    }
+}

@@ -1,0 +1,40 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Switchboard.Server.Tunnels;
+
+/// <summary>Tunnel limits, bound from configuration section <c>Switchboard:Tunnels</c>. Each default says why.</summary>
+public sealed class TunnelOptions
+{
+    public const string Section = "Switchboard:Tunnels";
+
+    /// <summary>Largest request body forwarded (413 beyond). 1 GB allows big uploads; bodies stream, so memory does not grow with it.</summary>
+    [Range(0, long.MaxValue)]
+    public long MaxRequestBodyBytes { get; set; } = 1024L * 1024 * 1024;
+
+    /// <summary>How long the gateway waits for the response head after sending the request (504 beyond). 30 s matches common proxies.</summary>
+    public TimeSpan FirstByteTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Requests in flight per tunnel (503 with Retry-After beyond). 500 lets a busy page load while bounding buffers to 500 x window.</summary>
+    [Range(1, 100_000)]
+    public int MaxConcurrentStreams { get; set; } = 500;
+
+    /// <summary>Per-stream flow-control window in both directions. 256 KB fills a LAN pipe; buffered data per stream never exceeds it.</summary>
+    [Range(16 * 1024, 16 * 1024 * 1024)]
+    public int StreamWindowBytes { get; set; } = 256 * 1024;
+
+    /// <summary>Gateway-to-agent bytes in flight on one connection. 4 MB stays well under the connection's 16 MB outbound queue limit.</summary>
+    [Range(64 * 1024, 64 * 1024 * 1024)]
+    public int ConnectionWindowBytes { get; set; } = 4 * 1024 * 1024;
+
+    /// <summary>Largest response collected in buffered mode (then sent with Content-Length). 16 MB; larger responses get 502.</summary>
+    [Range(1024, int.MaxValue)]
+    public int MaxBufferedResponseBytes { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>Requests remembered per tunnel for inspection and replay (a ring buffer). 100, like ngrok's inspector.</summary>
+    [Range(0, 100_000)]
+    public int RecentRequests { get; set; } = 100;
+
+    /// <summary>Request bodies up to this size are kept for replay. 64 KB covers webhooks, the main replay use.</summary>
+    [Range(0, 16 * 1024 * 1024)]
+    public int ReplayBodyBytes { get; set; } = 64 * 1024;
+}
