@@ -41,6 +41,7 @@ public sealed partial class WsConnection
     private int _closeCode = CloseCodes.Normal;
     private string _closeReason = "";
     private int _finished;
+    private int _receiveHint = 4096;
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
         SwitchboardMetrics metrics, ILogger logger, TimeProvider time)
@@ -220,7 +221,9 @@ public sealed partial class WsConnection
                     return;
                 }
                 Volatile.Write(ref _lastSeen, _time.GetTimestamp());
-                var buffer = ArrayPool<byte>.Shared.Rent(4096);
+                // Sized from the previous message, so streams of large frames (tunnels) are read without regrowing;
+                // the buffer goes back to the pool after each message, so idle connections still hold none.
+                var buffer = ArrayPool<byte>.Shared.Rent(_receiveHint);
                 var length = 0;
                 try
                 {
@@ -254,6 +257,7 @@ public sealed partial class WsConnection
                     }
                     while (!result.EndOfMessage);
 
+                    _receiveHint = Math.Clamp(length + 1, 4096, Math.Min(max + 1, 1024 * 1024));
                     if (_closeRequested != 0)
                         continue; // keep reading until the peer answers our close, but stop handling messages
                     _metrics.MessageReceived(Endpoint);
