@@ -234,6 +234,7 @@ public static class EnvironmentEndpoints
         using (terminal)
         {
             connection.TrySendJson(new TerminalMessage("ready"), EnvironmentsJsonContext.Default.TerminalMessage);
+            terminal.Begin();
             await acceptor.RunAsync(connection, terminal.HandleAsync, cancellationToken);
         }
     }

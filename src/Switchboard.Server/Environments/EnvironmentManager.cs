@@ -103,15 +103,26 @@ internal sealed partial class EnvironmentManager(
         {
             _loaded.TrySetResult();
         }
-        using var timer = new PeriodicTimer(options.Value.PersistInterval, time);
-        try
+        // The SQLite provider does its I/O synchronously: a dedicated thread keeps inserts off the thread pool,
+        // where they would delay live delivery.
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
         {
-            while (await timer.WaitForNextTickAsync(stoppingToken))
-                await PersistAsync(stoppingToken);
-        }
-        catch (OperationCanceledException)
-        {
-        }
+            try
+            {
+                while (!stoppingToken.WaitHandle.WaitOne(options.Value.PersistInterval))
+                    PersistAsync(stoppingToken).GetAwaiter().GetResult();
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            finally
+            {
+                done.TrySetResult();
+            }
+        }) { IsBackground = true, Name = "environment log persister" };
+        thread.Start();
+        await done.Task;
         await PersistAsync(CancellationToken.None);
     }
 

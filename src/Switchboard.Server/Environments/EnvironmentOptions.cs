@@ -30,6 +30,14 @@ public sealed class EnvironmentOptions
     [Range(16, 10_000_000)]
     public int RingSize { get; set; } = 10_000;
 
+    /// <summary>
+    /// Live lines waiting for one client's next flush. Beyond it the client is not keeping up (or this node is
+    /// saturated) and is closed with 4008 to resume with <c>since</c>. 50,000 lines is half a second of a
+    /// 100,000 lines/s flood and a few MB.
+    /// </summary>
+    [Range(100, 10_000_000)]
+    public int MaxPendingLines { get; set; } = 50_000;
+
     /// <summary>Lines a paused client keeps for delivery on resume; older ones are counted and reported as skipped.</summary>
     [Range(0, 1_000_000)]
     public int PauseBufferLines { get; set; } = 1_000;

@@ -19,7 +19,7 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
     private readonly ManagedEnvironment _environment;
     private readonly EnvironmentOptions _options;
     private readonly Lock _gate = new();
-    private readonly SemaphoreSlim _signal = new(0, 1);
+    private readonly SemaphoreSlim _signal = new(0, int.MaxValue); // an extra wake-up is harmless
     private readonly CancellationTokenSource _stop = new();
     private readonly int _maxPending;
     private List<LogRecord> _pending = [];
@@ -38,8 +38,7 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
         _environment = environment;
         _options = options;
         _filter = filter;
-        // Ten flushes' worth: more means the client (or this node) is not keeping up with the producer.
-        _maxPending = Math.Max(options.BatchSize * 100, 10_000);
+        _maxPending = options.MaxPendingLines;
     }
 
     public static string StreamName(byte stream) => stream == 2 ? "stderr" : "stdout";

@@ -67,16 +67,20 @@ internal sealed class TerminalSession : IDisposable
             Libc.ioctl(master, Libc.TIOCSWINSZ, ref size);
             var cwd = !string.IsNullOrEmpty(record.Cwd) && Directory.Exists(record.Cwd) ? record.Cwd : null;
             var process = NativeProcess.Spawn(command, [command], ProcessWorkload.Environment(record.Env, "xterm-256color"), cwd, new ChildIo.Terminal(slave));
-            var session = new TerminalSession(connection, options, time, master, process);
-            session._reader.Start();
-            _ = session.WatchIdleAsync();
-            return session;
+            return new TerminalSession(connection, options, time, master, process);
         }
         catch
         {
             Libc.close(master);
             throw;
         }
+    }
+
+    /// <summary>Starts relaying output (after the caller queued <c>ready</c>, so it comes first).</summary>
+    public void Begin()
+    {
+        _reader.Start();
+        _ = WatchIdleAsync();
     }
 
     public ValueTask HandleAsync(WsConnection _, ReadOnlyMemory<byte> payload, WebSocketMessageType type, CancellationToken cancellationToken)
