@@ -13,7 +13,7 @@ internal sealed class SqliteTestDatabase : IAsyncDisposable
     public async Task<SqliteDatabase> OpenAsync()
     {
         var db = new SqliteDatabase(Path.Combine(_dir, _databases.Count + ".db"));
-        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations), default);
+        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations).Concat(Environments.SqliteEnvironmentStore.Migrations), default);
         _databases.Add(db);
         return db;
     }
