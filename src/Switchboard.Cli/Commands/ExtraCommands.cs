@@ -7,6 +7,9 @@ internal static class ExtraCommands
 {
     public static IEnumerable<Command> Create()
     {
-        yield break;
+        yield return EnvCommands.Env();
+        yield return EnvCommands.Logs();
+        yield return EnvCommands.Exec();
+        yield return EnvCommands.Status();
     }
 }
