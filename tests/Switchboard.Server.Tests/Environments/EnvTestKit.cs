@@ -30,13 +30,16 @@ internal static class EnvTestKit
             command = "/bin/sh",
             args = new[] { "-c", script },
             cwd,
-            env = env ?? new Dictionary<string, string>(),
+            // HOME without a .bashrc: terminals must not depend on the machine user's shell start-up files.
+            env = new Dictionary<string, string>(env ?? []) { ["HOME"] = EmptyHome },
             start,
         });
         var body = await response.Content.ReadAsStringAsync();
         Assert.True(response.StatusCode == System.Net.HttpStatusCode.Created, body);
         return JsonDocument.Parse(body).RootElement;
     }
+
+    private static readonly string EmptyHome = Directory.CreateTempSubdirectory("sb-home").FullName;
 
     public static async Task<JsonElement> GetEnvAsync(this TestGateway gateway, string id)
     {

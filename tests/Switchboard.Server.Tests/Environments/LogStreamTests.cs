@@ -6,6 +6,7 @@ using Switchboard.Server.Tests.Infrastructure;
 
 namespace Switchboard.Server.Tests.Environments;
 
+[Collection("Environments")]
 public sealed class LogStreamTests
 {
     private static void AssertContiguous(IReadOnlyList<SeenLine> lines, long first, long last)
@@ -19,9 +20,14 @@ public sealed class LogStreamTests
     public async Task History_then_live_and_resume_with_since_has_no_gap_and_no_duplicate()
     {
         await using var gw = await EnvTestKit.StartAsync(o => o.RingSize = 50); // older lines must come from the store
-        var e = await gw.CreateShAsync("counter", "i=1; while [ $i -le 400 ]; do echo line$i; i=$((i+1)); [ $((i % 50)) -eq 0 ] && sleep 0.05; done; sleep 30");
+        var dir = Directory.CreateTempSubdirectory("sb-logs").FullName;
+        // 150 lines, then wait for the test's go file, then 250 more, a little at a time.
+        var e = await gw.CreateShAsync("counter",
+            "i=1; while [ $i -le 400 ]; do echo line$i; [ $i -eq 150 ] && while [ ! -f go ]; do sleep 0.02; done; [ $((i % 20)) -eq 0 ] && sleep 0.05; i=$((i+1)); done; sleep 60",
+            cwd: dir);
         var id = e.GetProperty("id").GetString()!;
-        await EnvTestKit.WaitUntilAsync(() => gw.GetEnvAsync(id).Result.GetProperty("lastSeq").GetInt64() >= 120);
+        var environment = (await ((EnvironmentManager)gw.Services.GetService(typeof(EnvironmentManager))!).FindAsync(id))!;
+        await EnvTestKit.WaitUntilAsync(() => environment.LastSeq == 150);
 
         // First connection: a tail of 100 plus live lines; disconnect somewhere in the middle.
         var first = new List<SeenLine>();
@@ -31,17 +37,22 @@ public sealed class LogStreamTests
             Assert.False(history.GetProperty("live").GetBoolean());
             EnvTestKit.Collect(history, first);
             Assert.Equal(100, first.Count);
+            Assert.Equal(51, first[0].Seq);
+            await File.WriteAllTextAsync(Path.Combine(dir, "go"), "");
             await a.ReadLinesUntilAsync(l => l.Count >= 180, first);
         }
-        AssertContiguous(first, first[0].Seq, first[^1].Seq);
+        AssertContiguous(first, 51, first[^1].Seq);
         Assert.All(first, l => Assert.Equal("line" + l.Seq, l.Message));
         var resumeAfter = first[^1].Seq;
 
-        await Task.Delay(400); // lines produced while disconnected (the ring holds only 50)
+        // Lines produced while disconnected: the ring holds only 50, so most come from the store.
+        await EnvTestKit.WaitUntilAsync(() => environment.LastSeq == 400 && environment.PersistQueueLength == 0, TimeSpan.FromSeconds(20));
+        await Task.Delay(300); // the last batch taken from the queue is being written
         await using var b = await gw.ConnectEnvAsync(id, "logs", $"&since={resumeAfter}");
         var second = await b.ReadLinesUntilAsync(l => l.Count > 0 && l[^1].Seq >= 400);
         AssertContiguous(second, resumeAfter + 1, 400);
         Assert.All(second, l => Assert.Equal("line" + l.Seq, l.Message));
+        Directory.Delete(dir, true);
 
         // A since older than the retention is reported as skipped, not silently lost.
         await Task.Delay(300);
@@ -236,8 +247,8 @@ public sealed class LogStreamTests
     {
         await using var gw = await EnvTestKit.StartAsync(configure: null, gateway: g =>
         {
-            g.Limits.MaxQueuedBytes = 1024 * 1024;
-            g.Limits.MaxQueuedMessages = 512;
+            g.Limits.MaxQueuedBytes = 4 * 1024 * 1024;
+            g.Limits.MaxQueuedMessages = 2048;
         });
         // About 20,000 lines/s of 200 characters: a steady 4 MB/s that a reading client absorbs and a stalled one cannot.
         var e = await gw.CreateShAsync("burst", "while true; do seq -f '%0200g' 1 200; sleep 0.01; done", start: false);

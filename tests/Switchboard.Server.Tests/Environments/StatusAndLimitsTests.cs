@@ -5,6 +5,7 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace Switchboard.Server.Tests.Environments;
 
+[Collection("Environments")]
 public sealed class StatusAndLimitsTests
 {
     [Fact]

@@ -4,6 +4,7 @@ using Switchboard.Server.Tests.Infrastructure;
 
 namespace Switchboard.Server.Tests.Environments;
 
+[Collection("Environments")]
 public sealed class TerminalTests
 {
     private static Task SendInputAsync(TestSocket socket, string data) => socket.SendJsonAsync(new { type = "input", data });
@@ -102,12 +103,23 @@ public sealed class TerminalTests
         var marker = Random.Shared.Next(100000, 999999);
         // yes never stops; unless the gateway stops reading, the connection would hit 4008 or memory would grow.
         await SendInputAsync(socket, $"yes {marker}\r");
-        await Task.Delay(1500);
-        var pids = EnvTestKit.FindProcesses($"yes {marker}");
-        var pid = Assert.Single(pids);
-        // The writer is blocked on the full PTY: its state is S (sleeping in write), and the socket is still open.
-        var state = File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1][0];
-        Assert.Equal('S', state);
+        int pid = 0;
+        await EnvTestKit.WaitUntilAsync(() => EnvTestKit.FindProcesses($"yes {marker}") is [var p] && (pid = p) > 0);
+        // The writer ends up blocked on the full PTY: its CPU time stops advancing while the socket stays open.
+        static long Ticks(int pid)
+        {
+            var f = File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1].Split(' ');
+            return long.Parse(f[11]) + long.Parse(f[12]);
+        }
+        var blocked = false;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!blocked && DateTime.UtcNow < deadline)
+        {
+            var before = Ticks(pid);
+            await Task.Delay(500);
+            blocked = Ticks(pid) == before;
+        }
+        Assert.True(blocked, "yes kept running: the gateway kept reading the PTY for a client that does not read");
         Assert.Equal(System.Net.WebSockets.WebSocketState.Open, socket.Socket.State);
         // Reading resumes the flow.
         var m = await socket.ReceiveJsonAsync();
