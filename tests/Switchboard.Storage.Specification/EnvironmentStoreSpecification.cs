@@ -76,4 +76,21 @@ public abstract class EnvironmentStoreSpecification
         Assert.Empty(await store.ReadLogsAsync("e1", 0, long.MaxValue, 1000, default));
         Assert.Equal(0, await store.LastSeqAsync("e1", default));
     }
+
+    [Fact]
+    public async Task Large_appends_keep_every_line_and_measure_the_rate()
+    {
+        var store = await CreateStoreAsync();
+        await store.CreateAsync(Env("e1", "one"), default);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (var from = 1; from <= 50_000; from += 5_000)
+            await store.AppendLogsAsync("e1", Lines(from, from + 4_999), 1_000_000, default);
+        var rate = 50_000 / sw.Elapsed.TotalSeconds;
+        Assert.Equal(50_000, await store.LastSeqAsync("e1", default));
+        var all = await store.ReadLogsAsync("e1", 0, long.MaxValue, 100_000, default);
+        Assert.Equal(50_000, all.Count);
+        Assert.Equal(Enumerable.Range(1, 50_000).Select(i => (long)i), all.Select(l => l.Seq));
+        Assert.Equal("line 12345", all[12_344].Message);
+        Console.WriteLine($"environment log append: {rate:F0} lines/s");
+    }
 }
