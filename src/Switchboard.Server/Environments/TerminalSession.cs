@@ -24,6 +24,8 @@ internal sealed class TerminalSession : IDisposable
     private readonly NativeProcess _process;
     private readonly Thread _reader;
     private readonly CancellationTokenSource _stop = new();
+    private readonly Lock _masterGate = new(); // the descriptor is never used after close (its number could be reused)
+    private bool _masterClosed;
     private long _lastActivity;
     private int _disposed;
 
@@ -95,14 +97,21 @@ internal sealed class TerminalSession : IDisposable
                 if (message.Data is null)
                     throw new ProtocolViolationException("input needs 'data'");
                 Touch();
-                if (!Libc.WriteAll(_master, Encoding.UTF8.GetBytes(message.Data)))
+                bool written;
+                lock (_masterGate)
+                    written = !_masterClosed && Libc.WriteAll(_master, Encoding.UTF8.GetBytes(message.Data));
+                if (!written)
                     _connection.Close(CloseCodes.Normal, "terminal closed");
                 break;
             case "resize":
                 if (message.Cols is not (>= 1 and <= 1000) || message.Rows is not (>= 1 and <= 1000))
                     throw new ProtocolViolationException("resize needs cols and rows between 1 and 1000");
                 var size = new Libc.WinSize { Cols = (ushort)message.Cols.Value, Rows = (ushort)message.Rows.Value };
-                Libc.ioctl(_master, Libc.TIOCSWINSZ, ref size); // the kernel sends SIGWINCH to the foreground group
+                lock (_masterGate)
+                {
+                    if (!_masterClosed)
+                        Libc.ioctl(_master, Libc.TIOCSWINSZ, ref size); // the kernel sends SIGWINCH to the foreground group
+                }
                 break;
             case "ping":
             case "pong":
@@ -147,7 +156,11 @@ internal sealed class TerminalSession : IDisposable
         }
         finally
         {
-            Libc.close(_master);
+            lock (_masterGate)
+            {
+                _masterClosed = true;
+                Libc.close(_master);
+            }
         }
     }
 
