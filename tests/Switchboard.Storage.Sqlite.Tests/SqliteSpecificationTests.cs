@@ -15,7 +15,7 @@ internal sealed class SqliteTestDatabase : IAsyncDisposable
     public async Task<SqliteDatabase> OpenAsync()
     {
         var db = new SqliteDatabase(Path.Combine(_dir, _databases.Count + ".db"));
-        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations).Concat(SqliteTunnelRegistry.Migrations), default);
+        await db.MigrateAsync(SqliteChannelStore.Migrations.Concat(SqliteRoomStore.Migrations).Concat(SqliteTunnelRegistry.Migrations).Concat(Environments.SqliteEnvironmentStore.Migrations), default);
         _databases.Add(db);
         return db;
     }

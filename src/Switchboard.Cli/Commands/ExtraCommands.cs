@@ -9,5 +9,9 @@ internal static class ExtraCommands
     {
         yield return TunnelCommand.Create();
         yield return TokensCommand.Create();
+        yield return EnvCommands.Env();
+        yield return EnvCommands.Logs();
+        yield return EnvCommands.Exec();
+        yield return EnvCommands.Status();
     }
 }

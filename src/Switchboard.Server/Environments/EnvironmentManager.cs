@@ -1,0 +1,170 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Switchboard.Protocol.Environments;
+using Switchboard.Server.Storage;
+
+namespace Switchboard.Server.Environments;
+
+/// <summary>
+/// Every environment of this node. Loads definitions at start-up, writes queued output lines to the store in
+/// batches, and at shutdown stops every workload so no process outlives the gateway.
+/// </summary>
+internal sealed partial class EnvironmentManager(
+    IEnvironmentStore store,
+    IMessageBus bus,
+    IOptions<EnvironmentOptions> options,
+    TimeProvider time,
+    ILogger<EnvironmentManager> logger) : BackgroundService
+{
+    private readonly ConcurrentDictionary<string, ManagedEnvironment> _byId = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _createGate = new(1, 1);
+    private readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public EnvironmentOptions Options => options.Value;
+
+    public IEnvironmentStore Store => store;
+
+    public TimeProvider Time => time;
+
+    public IEnumerable<ManagedEnvironment> All => _byId.Values.OrderBy(e => e.Record.CreatedAt);
+
+    /// <summary>Finds by id, else by name.</summary>
+    public async ValueTask<ManagedEnvironment?> FindAsync(string idOrName)
+    {
+        await _loaded.Task;
+        if (_byId.TryGetValue(idOrName, out var e))
+            return e;
+        return _byId.Values.FirstOrDefault(x => string.Equals(x.Record.Name, idOrName, StringComparison.Ordinal));
+    }
+
+    public static bool IsValidName(string? name) => name is not null && NameRegex().IsMatch(name);
+
+    /// <summary>Creates and (unless told not to) starts an environment. Returns null and an error when the request is invalid or the name taken.</summary>
+    public async Task<(ManagedEnvironment? Environment, string? Error, bool Conflict)> CreateAsync(CreateEnvironmentRequest request, CancellationToken cancellationToken)
+    {
+        await _loaded.Task;
+        if (!IsValidName(request.Name))
+            return (null, "name must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", false);
+        var driver = string.IsNullOrEmpty(request.Driver) ? "process" : request.Driver;
+        if (driver is not ("process" or "docker"))
+            return (null, "driver must be 'process' or 'docker'", false);
+        if (driver == "process" && string.IsNullOrWhiteSpace(request.Command))
+            return (null, "the process driver needs a command", false);
+        if (driver == "docker" && string.IsNullOrWhiteSpace(request.Image))
+            return (null, "the docker driver needs an image", false);
+        if (driver == "docker" && string.IsNullOrEmpty(options.Value.DockerHost))
+            return (null, "the docker driver is not configured on this gateway (Switchboard:Environments:DockerHost)", false);
+        if (request.Env is { } env && env.Keys.Any(k => k.Length == 0 || k.Contains('=', StringComparison.Ordinal) || k.Contains('\0', StringComparison.Ordinal)))
+            return (null, "env keys must be non-empty and contain no '=' or NUL", false);
+        var id = "env_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
+        var record = new EnvironmentRecord(id, request.Name!, driver, request.Command, request.Args ?? [], string.IsNullOrEmpty(request.Cwd) ? null : request.Cwd,
+            request.Env ?? new Dictionary<string, string>(), request.Image, time.GetUtcNow());
+        ManagedEnvironment environment;
+        await _createGate.WaitAsync(cancellationToken);
+        try
+        {
+            if (_byId.Values.Any(e => e.Record.Name == record.Name) || !await store.CreateAsync(record, cancellationToken))
+                return (null, $"an environment named '{record.Name}' exists", true);
+            environment = New(record, 0);
+            _byId[id] = environment;
+        }
+        finally
+        {
+            _createGate.Release();
+        }
+        if (request.Start != false)
+            await environment.StartAsync(cancellationToken);
+        return (environment, null, false);
+    }
+
+    public async Task<bool> DeleteAsync(ManagedEnvironment environment, CancellationToken cancellationToken)
+    {
+        if (!_byId.TryRemove(environment.Id, out _))
+            return false;
+        await environment.DeleteAsync(options.Value.StopGracePeriod);
+        await store.DeleteAsync(environment.Id, cancellationToken);
+        return true;
+    }
+
+    private ManagedEnvironment New(EnvironmentRecord record, long lastSeq) => new(record, lastSeq, options.Value, bus, time, logger);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            foreach (var record in await store.ListAsync(stoppingToken))
+                _byId[record.Id] = New(record, await store.LastSeqAsync(record.Id, stoppingToken));
+        }
+        finally
+        {
+            _loaded.TrySetResult();
+        }
+        // The SQLite provider does its I/O synchronously: a dedicated thread keeps inserts off the thread pool,
+        // where they would delay live delivery.
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                while (!stoppingToken.WaitHandle.WaitOne(options.Value.PersistInterval))
+                    PersistAsync(stoppingToken).GetAwaiter().GetResult();
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            finally
+            {
+                done.TrySetResult();
+            }
+        }) { IsBackground = true, Name = "environment log persister" };
+        thread.Start();
+        await done.Task;
+        await PersistAsync(CancellationToken.None);
+    }
+
+    /// <summary>Writes every environment's queued lines (bounded batches).</summary>
+    internal async Task PersistAsync(CancellationToken cancellationToken)
+    {
+        var o = options.Value;
+        foreach (var e in _byId.Values)
+        {
+            // At most a few batches per environment per tick, so one flood cannot starve the others.
+            for (var i = 0; i < 20; i++)
+            {
+                var batch = e.TakePersistBatch(o.PersistBatchLines);
+                if (batch.Count == 0)
+                    break;
+                try
+                {
+                    await store.AppendLogsAsync(e.Id, batch, o.RetentionLines, cancellationToken);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    Log.PersistFailed(logger, ex, e.Record.Name, batch.Count);
+                }
+            }
+        }
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        // Stop every workload first (short grace: the host is going down), then flush the store.
+        var grace = options.Value.StopGracePeriod < TimeSpan.FromSeconds(2) ? options.Value.StopGracePeriod : TimeSpan.FromSeconds(2);
+        await Task.WhenAll(_byId.Values.Select(e => e.ShutdownAsync(grace)));
+        NativeProcess.KillAll();
+        await base.StopAsync(cancellationToken);
+    }
+
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+    private static partial Regex NameRegex();
+
+    private static partial class Log
+    {
+        [LoggerMessage(4101, LogLevel.Error, "Writing {Count} lines of environment {Name} to the store failed; they are lost.")]
+        public static partial void PersistFailed(ILogger logger, Exception exception, string name, int count);
+    }
+}

@@ -1,0 +1,42 @@
+namespace Switchboard.Server.Environments;
+
+/// <summary>The definition of an environment as stored.</summary>
+public sealed record EnvironmentRecord(
+    string Id,
+    string Name,
+    string Driver,
+    string? Command,
+    IReadOnlyList<string> Args,
+    string? Cwd,
+    IReadOnlyDictionary<string, string> Env,
+    string? Image,
+    DateTimeOffset CreatedAt);
+
+/// <summary>One stored output line. <see cref="Stream"/> is 1 for stdout, 2 for stderr.</summary>
+public sealed record LogRecord(long Seq, DateTimeOffset Timestamp, byte Stream, string Message);
+
+/// <summary>Environment definitions and their output lines.</summary>
+public interface IEnvironmentStore
+{
+    /// <summary>Creates a definition; false when the id or the name is taken.</summary>
+    ValueTask<bool> CreateAsync(EnvironmentRecord environment, CancellationToken cancellationToken);
+
+    ValueTask<EnvironmentRecord?> GetAsync(string id, CancellationToken cancellationToken);
+
+    ValueTask<IReadOnlyList<EnvironmentRecord>> ListAsync(CancellationToken cancellationToken);
+
+    /// <summary>Deletes the definition and its lines; false when it did not exist.</summary>
+    ValueTask<bool> DeleteAsync(string id, CancellationToken cancellationToken);
+
+    /// <summary>Appends lines (ascending seq), then deletes lines older than the newest <paramref name="retention"/>.</summary>
+    ValueTask AppendLogsAsync(string environmentId, IReadOnlyList<LogRecord> lines, long retention, CancellationToken cancellationToken);
+
+    /// <summary>Lines with seq greater than <paramref name="afterSeq"/> and at most <paramref name="upToSeq"/>, ascending, at most <paramref name="limit"/>.</summary>
+    ValueTask<IReadOnlyList<LogRecord>> ReadLogsAsync(string environmentId, long afterSeq, long upToSeq, int limit, CancellationToken cancellationToken);
+
+    /// <summary>The last <paramref name="count"/> lines with seq at most <paramref name="upToSeq"/>, ascending.</summary>
+    ValueTask<IReadOnlyList<LogRecord>> TailLogsAsync(string environmentId, long upToSeq, int count, CancellationToken cancellationToken);
+
+    /// <summary>The highest stored seq, 0 when there is none.</summary>
+    ValueTask<long> LastSeqAsync(string environmentId, CancellationToken cancellationToken);
+}

@@ -1,0 +1,280 @@
+using System.Buffers;
+using System.Net.WebSockets;
+using System.Text.Json;
+using Switchboard.Protocol;
+using Switchboard.Protocol.Environments;
+using Switchboard.Server.Connections;
+
+namespace Switchboard.Server.Environments;
+
+/// <summary>
+/// The logs protocol on one connection: history on connect, then live lines batched (every
+/// <see cref="EnvironmentOptions.BatchInterval"/> or at <see cref="EnvironmentOptions.BatchSize"/> lines), with
+/// pause/resume/filter controls. Its pending buffer is bounded: a client that cannot keep up is closed with 4008
+/// (here or by the connection's own bounded queue) and resumes with <c>since</c>.
+/// </summary>
+internal sealed class LogSession : ILogSubscriber, IDisposable
+{
+    private readonly WsConnection _connection;
+    private readonly ManagedEnvironment _environment;
+    private readonly EnvironmentOptions _options;
+    private readonly Lock _gate = new();
+    private readonly SemaphoreSlim _signal = new(0, int.MaxValue); // an extra wake-up is harmless
+    private readonly CancellationTokenSource _stop = new();
+    private readonly int _maxPending;
+    private List<LogRecord> _pending = [];
+    private readonly Queue<LogRecord> _paused = new();
+    private long _skipped;
+    private long _skippedFrom;
+    private long _skippedTo;
+    private bool _isPaused;
+    private byte _filter; // 0 all, 1 stdout, 2 stderr
+    private int _signaled;
+    private Task _flusher = Task.CompletedTask;
+
+    public LogSession(WsConnection connection, ManagedEnvironment environment, EnvironmentOptions options, byte filter)
+    {
+        _connection = connection;
+        _environment = environment;
+        _options = options;
+        _filter = filter;
+        _maxPending = options.MaxPendingLines;
+    }
+
+    public static string StreamName(byte stream) => stream == 2 ? "stderr" : "stdout";
+
+    public static bool TryParseFilter(string? value, out byte filter)
+    {
+        filter = value switch
+        {
+            null or "" or "all" => 0,
+            "stdout" => 1,
+            "stderr" => 2,
+            _ => 255,
+        };
+        return filter != 255;
+    }
+
+    /// <summary>Registers for live lines, sends the history (tail or since), then starts the flush loop.</summary>
+    public async Task StartAsync(IEnvironmentStore store, long? since, int tail, CancellationToken cancellationToken)
+    {
+        var snapshot = _environment.SubscribeLogs(this, upTo => since is { } s ? Math.Max(s, upTo - _options.MaxReplay) : Math.Max(0, upTo - tail));
+        var from = since is { } s0 ? s0 : Math.Max(0, snapshot.UpTo - tail);
+        var history = new List<LogRecord>();
+        var replayFrom = Math.Max(from, snapshot.UpTo - _options.MaxReplay);
+        if (replayFrom + 1 < snapshot.RingFirstSeq && replayFrom < snapshot.UpTo)
+        {
+            var storeUpTo = Math.Min(snapshot.RingFirstSeq - 1, snapshot.UpTo);
+            history.AddRange(await store.ReadLogsAsync(_environment.Id, replayFrom, storeUpTo, (int)(storeUpTo - replayFrom), cancellationToken));
+        }
+        history.AddRange(snapshot.FromRing);
+
+        // Lines the client asked for but that are no longer retained (or were never persisted) are reported, not hidden.
+        var expected = replayFrom + 1;
+        var filtered = new List<LogRecord>(history.Count);
+        var frames = new List<ReadOnlyMemory<byte>>();
+        if (since is not null && replayFrom > from)
+            frames.Add(Skipped("retention", replayFrom - from, from + 1, replayFrom));
+        foreach (var r in history)
+        {
+            if (r.Seq < expected)
+                continue; // duplicate across store and ring
+            if (r.Seq > expected && since is not null)
+            {
+                if (filtered.Count > 0)
+                {
+                    frames.Add(Batch(filtered, live: false));
+                    filtered.Clear();
+                }
+                frames.Add(Skipped("retention", r.Seq - expected, expected, r.Seq - 1));
+            }
+            expected = r.Seq + 1;
+            if (Matches(r))
+                filtered.Add(r);
+        }
+        if (since is not null && expected <= snapshot.UpTo && snapshot.UpTo > replayFrom)
+            frames.Add(Skipped("retention", snapshot.UpTo - expected + 1, expected, snapshot.UpTo));
+        // Always one history batch, possibly empty, so clients know where live lines start.
+        frames.Add(Batch(filtered, live: false, lastSeq: snapshot.UpTo));
+        foreach (var f in frames)
+            _connection.TrySend(OutboundFrame.Text(f));
+        _flusher = FlushLoopAsync();
+    }
+
+    private bool Matches(LogRecord r) => _filter == 0 || _filter == r.Stream;
+
+    public void Offer(LogRecord[] lines)
+    {
+        var signal = false;
+        lock (_gate)
+        {
+            foreach (var r in lines)
+            {
+                if (_filter != 0 && _filter != r.Stream)
+                    continue;
+                if (_isPaused)
+                {
+                    _paused.Enqueue(r);
+                    if (_paused.Count > _options.PauseBufferLines)
+                    {
+                        var old = _paused.Dequeue();
+                        if (_skipped == 0)
+                            _skippedFrom = old.Seq;
+                        _skipped++;
+                        _skippedTo = old.Seq;
+                    }
+                    continue;
+                }
+                _pending.Add(r);
+            }
+            if (_pending.Count >= _options.BatchSize)
+                signal = true;
+            if (_pending.Count > _maxPending)
+            {
+                _pending = [];
+                _connection.Close(CloseCodes.SlowConsumer, "slow consumer: reconnect with since", drain: false);
+                _stop.Cancel();
+                return;
+            }
+        }
+        if (signal && Interlocked.Exchange(ref _signaled, 1) == 0)
+            _signal.Release();
+    }
+
+    public ValueTask HandleAsync(WsConnection _, ReadOnlyMemory<byte> payload, WebSocketMessageType type, CancellationToken cancellationToken)
+    {
+        if (type != WebSocketMessageType.Text)
+            throw new ProtocolViolationException("log controls are JSON text frames");
+        var control = JsonSerializer.Deserialize(payload.Span, EnvironmentsJsonContext.Default.LogControl)
+            ?? throw new ProtocolViolationException("control must be a JSON object");
+        List<ReadOnlyMemory<byte>>? frames = null;
+        lock (_gate)
+        {
+            switch (control.Action)
+            {
+                case "pause":
+                    _isPaused = true;
+                    break;
+                case "resume":
+                    if (_isPaused)
+                    {
+                        _isPaused = false;
+                        frames = [];
+                        if (_skipped > 0)
+                            frames.Add(Skipped("paused", _skipped, _skippedFrom, _skippedTo));
+                        _skipped = 0;
+                        // Lines kept while paused go out before anything newer, in order.
+                        var kept = _paused.ToList();
+                        _paused.Clear();
+                        kept.AddRange(_pending);
+                        _pending = kept;
+                    }
+                    break;
+                case "filter":
+                    if (!TryParseFilter(control.Stream, out var f))
+                        throw new ProtocolViolationException("filter stream must be 'stdout', 'stderr' or 'all'");
+                    _filter = f;
+                    break;
+                case "ping":
+                case "pong":
+                    return ValueTask.CompletedTask;
+                default:
+                    throw new ProtocolViolationException($"unknown action '{control.Action}' (pause, resume, filter)");
+            }
+            _connection.TrySendJson(new LogControlAck("control", control.Action, _filter == 0 ? "all" : StreamName(_filter), _isPaused),
+                EnvironmentsJsonContext.Default.LogControlAck);
+            if (frames is not null)
+            {
+                // Sent under the gate so they precede the lines flushed next.
+                foreach (var frame in frames)
+                    _connection.TrySend(OutboundFrame.Text(frame));
+            }
+        }
+        if (frames is not null && Interlocked.Exchange(ref _signaled, 1) == 0)
+            _signal.Release();
+        return ValueTask.CompletedTask;
+    }
+
+    private async Task FlushLoopAsync()
+    {
+        var token = _stop.Token;
+        try
+        {
+            while (!token.IsCancellationRequested && !_connection.IsClosing)
+            {
+                await _signal.WaitAsync(_options.BatchInterval, token);
+                Volatile.Write(ref _signaled, 0);
+                List<LogRecord> lines;
+                lock (_gate)
+                {
+                    if (_pending.Count == 0)
+                        continue;
+                    lines = _pending;
+                    _pending = new List<LogRecord>(Math.Min(lines.Count, _options.BatchSize * 4));
+                }
+                for (var i = 0; i < lines.Count; i += _options.BatchSize)
+                {
+                    var n = Math.Min(_options.BatchSize, lines.Count - i);
+                    var payload = n == 1 ? Line(lines[i]) : Batch(lines.GetRange(i, n), live: true);
+                    if (!_connection.TrySend(OutboundFrame.Text(payload)))
+                        return;
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    // ---------- serialization (hand-written: this is the hot path) ----------
+
+    private static readonly JsonWriterOptions WriterOptions = new() { SkipValidation = true };
+
+    private static ReadOnlyMemory<byte> Line(LogRecord r)
+    {
+        var buffer = new ArrayBufferWriter<byte>(r.Message.Length + 96);
+        using (var w = new Utf8JsonWriter(buffer, WriterOptions))
+            WriteLine(w, r);
+        return buffer.WrittenMemory;
+    }
+
+    private static ReadOnlyMemory<byte> Batch(IReadOnlyList<LogRecord> lines, bool live, long? lastSeq = null)
+    {
+        var buffer = new ArrayBufferWriter<byte>(lines.Count * 128 + 96);
+        using (var w = new Utf8JsonWriter(buffer, WriterOptions))
+        {
+            w.WriteStartObject();
+            w.WriteString("type"u8, "batch"u8);
+            w.WriteBoolean("live"u8, live);
+            w.WriteNumber("count"u8, lines.Count);
+            w.WriteNumber("lastSeq"u8, lastSeq ?? (lines.Count > 0 ? lines[^1].Seq : 0));
+            w.WriteStartArray("logs"u8);
+            foreach (var r in lines)
+                WriteLine(w, r);
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        return buffer.WrittenMemory;
+    }
+
+    private static void WriteLine(Utf8JsonWriter w, LogRecord r)
+    {
+        w.WriteStartObject();
+        w.WriteString("type"u8, "log"u8);
+        w.WriteNumber("seq"u8, r.Seq);
+        w.WriteString("timestamp"u8, r.Timestamp);
+        w.WriteString("stream"u8, r.Stream == 2 ? "stderr"u8 : "stdout"u8);
+        w.WriteString("message"u8, r.Message);
+        w.WriteEndObject();
+    }
+
+    private static ReadOnlyMemory<byte> Skipped(string reason, long count, long from, long to) =>
+        JsonSerializer.SerializeToUtf8Bytes(new LogSkipped("skipped", reason, count, from, to), EnvironmentsJsonContext.Default.LogSkipped);
+
+    public void Dispose()
+    {
+        _environment.UnsubscribeLogs(this);
+        _stop.Cancel();
+        _stop.Dispose();
+    }
+}
