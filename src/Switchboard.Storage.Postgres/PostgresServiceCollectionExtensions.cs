@@ -40,7 +40,8 @@ public static class PostgresServiceCollectionExtensions
 
     /// <summary>Every migration of the PostgreSQL store, in order.</summary>
     public static IEnumerable<PostgresMigration> AllMigrations =>
-        PostgresChannelStore.Migrations.Concat(PostgresRoomStore.Migrations).Concat(PostgresBus.Migrations).Concat(PostgresNodeRegistry.Migrations);
+        PostgresChannelStore.Migrations.Concat(PostgresRoomStore.Migrations).Concat(PostgresBus.Migrations).Concat(PostgresNodeRegistry.Migrations)
+            .Concat(PostgresTunnelRegistry.Migrations).Concat(PostgresEnvironmentStore.Migrations);
 }
 
 /// <summary>Applies every registered <see cref="PostgresMigration"/> at start-up.</summary>

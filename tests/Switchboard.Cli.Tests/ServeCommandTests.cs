@@ -71,11 +71,11 @@ public sealed partial class ServeCommandTests : IDisposable
     }
 
     [Fact]
-    public async Task Database_option_is_rejected_with_a_clear_message()
+    public async Task Unreachable_database_fails_with_a_clear_message()
     {
-        var (code, _, stderr) = await CliProcess.RunAsync(_dir, null, "serve", "--database", "Host=localhost");
-        Assert.NotEqual(0, code);
-        Assert.Contains("--database", stderr);
+        var (code, _, stderr) = await CliProcess.RunAsync(_dir, null, "serve", "--urls", "http://127.0.0.1:0", "--database", "Host=127.0.0.1;Port=1;Database=nowhere;Timeout=3");
+        Assert.Equal(1, code);
+        Assert.Contains("cannot use the database (PostgreSQL 127.0.0.1:1/nowhere)", stderr);
     }
 
     [Fact]

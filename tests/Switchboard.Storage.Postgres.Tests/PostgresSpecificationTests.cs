@@ -19,3 +19,15 @@ public sealed class PostgresRoomStoreTests(PostgresFixture fixture) : RoomStoreS
     protected override async Task<IRoomStore> CreateStoreAsync() =>
         new PostgresRoomStore(await fixture.OpenAsync(await fixture.CreateSchemaAsync()));
 }
+
+public sealed class PostgresTunnelRegistryTests(PostgresFixture fixture) : TunnelRegistrySpecification, IClassFixture<PostgresFixture>
+{
+    protected override async Task<Switchboard.Server.Tunnels.ITunnelRegistry> CreateRegistryAsync() =>
+        new Tunnels.PostgresTunnelRegistry(await fixture.OpenAsync(await fixture.CreateSchemaAsync()));
+}
+
+public sealed class PostgresEnvironmentStoreTests(PostgresFixture fixture) : EnvironmentStoreSpecification, IClassFixture<PostgresFixture>
+{
+    protected override async Task<Switchboard.Server.Environments.IEnvironmentStore> CreateStoreAsync() =>
+        new Environments.PostgresEnvironmentStore(await fixture.OpenAsync(await fixture.CreateSchemaAsync()));
+}

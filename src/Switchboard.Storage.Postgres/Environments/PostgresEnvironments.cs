@@ -1,9 +1,15 @@
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Switchboard.Server.Environments;
 
 namespace Switchboard.Storage.Postgres.Environments;
 
-/// <summary>Hook for environment storage on PostgreSQL (called by <c>AddSwitchboardPostgres</c>).</summary>
+/// <summary>The environment store on PostgreSQL (called by <c>AddSwitchboardPostgres</c>).</summary>
 internal static class PostgresEnvironments
 {
-    public static IServiceCollection AddPostgresEnvironments(this IServiceCollection services) => services;
+    public static IServiceCollection AddPostgresEnvironments(this IServiceCollection services)
+    {
+        services.Replace(ServiceDescriptor.Singleton<IEnvironmentStore, PostgresEnvironmentStore>());
+        return services;
+    }
 }
