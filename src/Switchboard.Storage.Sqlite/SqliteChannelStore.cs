@@ -70,20 +70,40 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
         if (_writer is not null)
             return;
         lock (_gate)
-            _writer ??= Task.Run(WriteLoopAsync);
+        {
+            if (_writer is not null)
+                return;
+            // A dedicated thread: SQLite calls block, and on a 2-core machine a blocked thread-pool worker halves the
+            // threads left to write to sockets.
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
+            {
+                try
+                {
+                    WriteLoop();
+                }
+                finally
+                {
+                    done.TrySetResult();
+                }
+            })
+            { IsBackground = true, Name = "switchboard-channel-writer" };
+            thread.Start();
+            _writer = done.Task;
+        }
     }
 
-    private async Task WriteLoopAsync()
+    private void WriteLoop()
     {
         var batch = new List<PendingAppend>(MaxBatch);
         var reader = _appends.Reader;
-        while (await reader.WaitToReadAsync())
+        while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
         {
             while (batch.Count < MaxBatch && reader.TryRead(out var p))
                 batch.Add(p);
             try
             {
-                var results = await CommitAsync(batch);
+                var results = CommitAsync(batch).GetAwaiter().GetResult();
                 for (var i = 0; i < batch.Count; i++)
                     batch[i].Result.TrySetResult(results[i]);
             }
