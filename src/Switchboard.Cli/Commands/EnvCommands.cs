@@ -11,10 +11,12 @@ namespace Switchboard.Cli.Commands;
 /// <summary><c>env create|ls|start|stop|restart|rm</c>, <c>logs</c>, <c>exec</c>, <c>status</c>.</summary>
 internal static partial class EnvCommands
 {
-    private static Option<string> Url() => new("--url")
+    // One name across the CLI: --server / SWITCHBOARD_SERVER (--url and SWITCHBOARD_URL still work).
+    private static Option<string> Url() => new("--server", "--url")
     {
-        Description = "Gateway URL (env SWITCHBOARD_URL).",
-        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_URL") is { Length: > 0 } u ? u : "http://127.0.0.1:8080",
+        Description = "Gateway URL (env SWITCHBOARD_SERVER).",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_SERVER") is { Length: > 0 } s ? s
+            : Environment.GetEnvironmentVariable("SWITCHBOARD_URL") is { Length: > 0 } u ? u : "http://127.0.0.1:8080",
     };
 
     private static Option<string?> Credential() => new("--token")

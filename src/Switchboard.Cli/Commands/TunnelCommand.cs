@@ -15,7 +15,7 @@ internal static class TunnelCommand
         var server = new Option<string>("--server")
         {
             Description = "Gateway URL (env SWITCHBOARD_SERVER).",
-            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_SERVER") is { Length: > 0 } s ? s : "http://localhost:8080",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_SERVER") is { Length: > 0 } s ? s : "http://127.0.0.1:8080",
         };
         var token = new Option<string>("--token")
         {
