@@ -22,6 +22,8 @@ public sealed class TokenService
     public const string EnvironmentsClaim = "envs";
     public const string TunnelsClaim = "tunnels";
 
+    private const int ValidatedCacheLimit = 10_000;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Grants> _validated = new(StringComparer.Ordinal);
     private readonly JsonWebTokenHandler _handler = new() { MapInboundClaims = false };
     private readonly SymmetricSecurityKey _key;
     private readonly AuthOptions _options;
@@ -92,6 +94,14 @@ public sealed class TokenService
             return new(null, "missing token");
         if (token.Length > 16 * 1024)
             return new(null, "token too long");
+        // Validated tokens are remembered until they expire: a reconnect storm (or many sockets of one service account)
+        // costs one signature check per token, and connections with the same token share one Grants instance.
+        if (_validated.TryGetValue(token, out var known))
+        {
+            if (known.ExpiresAt is { } exp && exp + _options.ClockSkew >= _time.GetUtcNow())
+                return new(known, null);
+            _validated.TryRemove(token, out _);
+        }
         TokenValidationResult result;
         try
         {
@@ -117,14 +127,18 @@ public sealed class TokenService
         var subject = jwt.Subject;
         if (string.IsNullOrEmpty(subject))
             return new(null, "token has no subject");
-        return new(new Grants(
+        var grants = new Grants(
             subject,
             ReadList(jwt, ChannelsClaim),
             ReadList(jwt, PublishClaim),
             ReadList(jwt, RoomsClaim),
             ReadList(jwt, EnvironmentsClaim),
             ReadList(jwt, TunnelsClaim),
-            new DateTimeOffset(jwt.ValidTo, TimeSpan.Zero)), null);
+            new DateTimeOffset(jwt.ValidTo, TimeSpan.Zero));
+        if (_validated.Count >= ValidatedCacheLimit)
+            _validated.Clear(); // bounded: a flood of distinct tokens only costs re-validation
+        _validated[token] = grants;
+        return new(grants, null);
     }
 
     private bool ValidateLifetime(DateTime? notBefore, DateTime? expires, SecurityToken token, TokenValidationParameters p)
