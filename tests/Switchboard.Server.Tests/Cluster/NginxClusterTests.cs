@@ -69,7 +69,7 @@ public sealed class NginxClusterTests(PostgresFixture fixture) : IClassFixture<P
     }
 
     private static int ConnectionCount(TestGateway node) =>
-        ((Connections.ConnectionManager)node.Services.GetService(typeof(Connections.ConnectionManager))!).Count;
+        ((Switchboard.Server.Connections.ConnectionManager)node.Services.GetService(typeof(Switchboard.Server.Connections.ConnectionManager))!).Count;
 
     private static async Task PublishAsync(HttpClient api, string channel, int n)
     {
