@@ -1,8 +1,12 @@
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using Switchboard.Protocol;
+using Switchboard.Server.Nodes;
+using Switchboard.Server.Tests.Infrastructure;
 using Switchboard.Server.Tests.Rooms;
+using Switchboard.Storage.Postgres;
 using Switchboard.Storage.Postgres.Tests;
 
 namespace Switchboard.Server.Tests.Cluster;
@@ -188,5 +192,54 @@ public sealed class RoomClusterTests(PostgresFixture fixture) : IClassFixture<Po
 
         await a.RelayAsync(c.ClientId, new { hello = "again" });
         Assert.Equal("again", (await back.NextAsync("relay")).GetProperty("data").Str("hello"));
+    }
+
+    [Fact]
+    public async Task Members_of_a_node_that_dies_are_removed_and_the_host_moves_on()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        var nodes = await Task.WhenAll(Enumerable.Range(1, 3).Select(i => TestGateway.StartAsync(o => o.NodeId = "node-" + i, services: s =>
+        {
+            s.AddSwitchboardPostgres(cs);
+            s.Configure<NodeOptions>(o => o.HeartbeatInterval = TimeSpan.FromMilliseconds(200));
+        })));
+        var cluster = new[] { nodes[0], nodes[1], nodes[2] };
+        try
+        {
+            var (id, secret, _) = await RoomTestKit.CreateRoomAsync(cluster[0], "host");
+            var a = await RoomTestKit.JoinAsync(cluster[0], id, secret);
+            var b = await RoomTestKit.JoinAsync(cluster[1], id, secret);
+            var c = await RoomTestKit.JoinAsync(cluster[2], id, secret);
+            await a.NextAsync("client_joined");
+            await a.NextAsync("client_joined");
+            await b.NextAsync("client_joined");
+
+            // Node 3 goes silent (no bus, no registry entry) without closing its connections: as if it had died.
+            await DieAsync(cluster[2]);
+            foreach (var r in new[] { a, b })
+            {
+                var left = await r.NextAsync("client_left");
+                Assert.Equal(c.ClientId, left.Str("clientId"));
+                Assert.Equal("node lost", left.Str("reason"));
+            }
+
+            // The host's node dies: the oldest remaining member becomes host.
+            await DieAsync(cluster[0]);
+            var hostLeft = await b.NextAsync("client_left");
+            Assert.Equal(a.ClientId, hostLeft.Str("clientId"));
+            var assigned = await b.NextAsync("host_assigned");
+            Assert.Equal(b.ClientId, assigned.Str("clientId"));
+            Assert.Equal("host_left", assigned.Str("reason"));
+        }
+        finally
+        {
+            await Task.WhenAll(nodes.Select(n => n.DisposeAsync().AsTask()));
+        }
+    }
+
+    private static async Task DieAsync(TestGateway node)
+    {
+        await node.Services.GetRequiredService<PostgresBus>().StopAsync(CancellationToken.None);
+        await node.Services.GetRequiredService<PostgresNodeRegistry>().StopAsync(CancellationToken.None);
     }
 }
