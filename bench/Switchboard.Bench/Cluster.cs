@@ -37,9 +37,16 @@ internal sealed record ClusterFullResult(string Config, int Nodes, FullResult Fu
 /// </summary>
 internal static class ClusterBench
 {
+    /// <summary>
+    /// Publishes per second in (a): 25 x 1,000 subscribers = 25,000 deliveries/s, a load one node sustains on 2 cores,
+    /// so the latencies compare transport, not queueing behind an overloaded publish path. Change with --rate.
+    /// </summary>
+    public const int DefaultRate = 25;
+
     public static async Task<string> RunAsync(Args options, Func<Dictionary<string, string>, string, CancellationToken, Task<string>> mintToken, CancellationToken ct)
     {
         var subscribers = options.Quick ? 300 : 1000;
+        var rate = options.Rate ?? DefaultRate;
         var duration = TimeSpan.FromSeconds(options.Quick ? 3 : 10);
         var warm = TimeSpan.FromSeconds(options.Quick ? 1 : 2);
         var measure = TimeSpan.FromSeconds(options.Quick ? 2 : 5);
@@ -60,7 +67,7 @@ internal static class ClusterBench
                 await using var target = await StartAsync(options.Switchboard, name, count, postgres ? database : null, $"bench:cluster-{DateTime.UtcNow:HHmmss}-{run}", mintToken, ct);
                 var groups = Enumerable.Range(0, count).Select(_ => new Histogram()).ToArray();
                 var before = await ScrapeAsync(target, ct);
-                var r = await Scenarios.FixedRateAsync(target, subscribers, 100, duration, ct, groups);
+                var r = await Scenarios.FixedRateAsync(target, subscribers, rate, duration, ct, groups);
                 var after = await ScrapeAsync(target, ct);
                 var lag = after.Lag.Minus(before.Lag);
                 var result = new ClusterRateResult(name, count, r, groups[0].Percentile(99),
@@ -80,7 +87,7 @@ internal static class ClusterBench
                 failures.Add($"{name}: {ex.GetType().Name}: {ex.Message}");
             }
         }
-        return Build(options, subscribers, rates, fulls, failures, DateTime.UtcNow - started);
+        return Build(options, subscribers, rate, duration, rates, fulls, failures, DateTime.UtcNow - started);
     }
 
     private static async Task<ClusterTarget> StartAsync(string dll, string name, int count, string? database, string channel,
@@ -195,7 +202,7 @@ internal static class ClusterBench
         }
     }
 
-    private static string Build(Args options, int subscribers, List<ClusterRateResult> rates, List<ClusterFullResult> fulls, List<string> failures, TimeSpan took)
+    private static string Build(Args options, int subscribers, int rate, TimeSpan duration, List<ClusterRateResult> rates, List<ClusterFullResult> fulls, List<string> failures, TimeSpan took)
     {
         var c = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -205,7 +212,7 @@ internal static class ClusterBench
         sb.AppendLine(c, $"- machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}; every node, PostgreSQL and the load generator share these cores");
         sb.AppendLine(c, $"- {subscribers:N0} WebSocket subscribers on one channel, spread round-robin over the nodes; every publish goes to node 1 over HTTP");
         sb.AppendLine();
-        sb.AppendLine("## (a) Fixed rate: 100 msg/s for 10 s, latency publish -> receive");
+        sb.AppendLine(c, $"## (a) Fixed rate: {rate} msg/s for {duration.TotalSeconds:F0} s, latency publish -> receive");
         sb.AppendLine();
         sb.AppendLine("'node 1 p99': subscribers on the publishing node; 'other nodes p99/mean': subscribers reached through the bus. Bus lag: from the publishing node handing the message to the bus until the receiving node's dispatcher has it (histogram buckets of /metrics, so percentiles are bucket upper bounds: 0.5, 1, 2.5, 5, 10, 25 ms ...). 'bus share' = mean bus lag / mean latency on the other nodes.");
         sb.AppendLine();
@@ -216,7 +223,8 @@ internal static class ClusterBench
             var r = x.Rate;
             var multi = x.Nodes > 1;
             string F(double v) => double.IsNaN(v) ? "-" : v.ToString("F2", c);
-            sb.AppendLine(c, $"| {x.Config} | {r.Delivered:N0} / {r.Expected:N0} | {r.DeliveriesPerSecond:N0} | {F(r.P50)} | {F(r.P99)} | {(multi ? F(x.LocalP99) : "-")} | {(multi ? F(x.RemoteP99) : "-")} | {(multi ? F(x.RemoteMean) : "-")} | {(multi ? F(x.BusLagMean) : "-")} | {(multi ? $"{F(x.BusLagP50)} / {F(x.BusLagP99)}" : "-")} | {(multi && x.RemoteMean > 0 ? (100 * x.BusLagMean / x.RemoteMean).ToString("F0", c) + " %" : "-")} | {x.Published:N0} | {x.Notifications:N0} | {(x.Published > 0 ? ((double)x.Notifications / x.Published).ToString("F2", c) : "-")} | {r.Errors} | {r.ServerCpuPercent:F0} |");
+            var bus = x.Config.Contains("PostgreSQL", StringComparison.Ordinal);
+            sb.AppendLine(c, $"| {x.Config} | {r.Delivered:N0} / {r.Expected:N0} | {r.DeliveriesPerSecond:N0} | {F(r.P50)} | {F(r.P99)} | {(multi ? F(x.LocalP99) : "-")} | {(multi ? F(x.RemoteP99) : "-")} | {(multi ? F(x.RemoteMean) : "-")} | {(multi ? F(x.BusLagMean) : "-")} | {(multi ? $"{F(x.BusLagP50)} / {F(x.BusLagP99)}" : "-")} | {(multi && x.RemoteMean > 0 ? (100 * x.BusLagMean / x.RemoteMean).ToString("F0", c) + " %" : "-")} | {x.Published:N0} | {(bus ? x.Notifications.ToString("N0", c) : "-")} | {(bus && x.Published > 0 ? ((double)x.Notifications / x.Published).ToString("F2", c) : "-")} | {r.Errors} | {r.ServerCpuPercent:F0} |");
         }
         sb.AppendLine();
         sb.AppendLine("## (b) Full speed: 8 HTTP publish loops to node 1, window 64 messages");

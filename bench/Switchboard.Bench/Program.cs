@@ -168,7 +168,7 @@ static async Task<string> MintTokenAsync(string dll, string dir, Dictionary<stri
     return stdout.Trim();
 }
 
-internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null)
+internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null, int? Rate = null)
 {
     public static Args Parse(string[] args)
     {
@@ -176,6 +176,7 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
         var quick = false;
         var cluster = false;
         string? database = null;
+        int? rate = null;
         string[] targets = ["switchboard", "raw", "raw-wks"];
         for (var i = 0; i < args.Length; i++)
         {
@@ -187,12 +188,13 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
                 case "--quick": quick = true; break;
                 case "--cluster": cluster = true; break;
                 case "--database": database = args[++i]; break;
+                case "--rate": rate = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--targets": targets = args[++i].Split(','); break;
                 default: throw new ArgumentException("unknown argument " + args[i]);
             }
         }
         return new Args(sb ?? throw new ArgumentException("--switchboard is required"), raw ?? throw new ArgumentException("--raw is required"),
-            output, quick, targets, cluster, database);
+            output, quick, targets, cluster, database, rate);
     }
 }
 

@@ -456,6 +456,44 @@ public sealed class Room
         }
     }
 
+    /// <summary>
+    /// Brings this node's view of <paramref name="sourceNode"/>'s members in line with what that node reported (after
+    /// this node's bus reconnected, or a reply that came after loading gave up waiting): members it no longer has leave,
+    /// members this node did not know join, each with the usual events.
+    /// </summary>
+    internal void Reconcile(RoomBusEvent state, string sourceNode)
+    {
+        lock (_gate)
+        {
+            try
+            {
+                if (_closed)
+                    return;
+                var reported = (state.Members ?? []).Select(m => m.ClientId).ToHashSet(StringComparer.Ordinal);
+                foreach (var gone in _members.Where(m => !m.IsLocal && m.NodeId == sourceNode && !reported.Contains(m.ClientId)).ToArray())
+                {
+                    _members.Remove(gone);
+                    _departed[gone.ClientId] = new Departed(gone.SecretHash, _time.GetTimestamp());
+                    RemovedLocked(gone, "connection lost");
+                }
+                foreach (var m in state.Members ?? [])
+                {
+                    if (Find(m.ClientId) is { } known)
+                    {
+                        if (!known.IsLocal)
+                            known.NodeId = sourceNode;
+                        continue;
+                    }
+                    ApplyJoinLocked(new RoomMember(m.ClientId, m.SecretHash, null, sourceNode, m.Order, _time.GetUtcNow()), reconnected: false);
+                }
+            }
+            finally
+            {
+                ReapLocked();
+            }
+        }
+    }
+
     /// <summary>After loading: a room whose replies named no host gets the one its protocol elects (the oldest member).</summary>
     internal void FinishLoad()
     {

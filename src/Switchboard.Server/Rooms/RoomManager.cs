@@ -26,7 +26,7 @@ internal enum CreateRoomError
 /// registry entry expired.
 /// </para>
 /// </summary>
-public sealed partial class RoomManager : IDisposable
+public sealed partial class RoomManager : IBusCatchUp, IDisposable
 {
     private const string BusPrefix = "room:";
     private readonly ConcurrentDictionary<string, Room> _rooms = new(StringComparer.Ordinal);
@@ -288,12 +288,17 @@ public sealed partial class RoomManager : IDisposable
                     : new RoomBusEvent(RoomBusEvent.State, Requester: message.SourceNode);
                 PublishEvent(roomId, state);
                 break;
-            case RoomBusEvent.State:
-                if (e.Requester == _bus.NodeId && _loading.TryGetValue(roomId, out var loading))
+            case RoomBusEvent.State when e.Requester == _bus.NodeId:
+                if (_loading.TryGetValue(roomId, out var loading))
                 {
                     loading.ApplyState(e, message.SourceNode);
                     if (_syncs.TryGetValue(roomId, out var waiter))
                         waiter.Answered(message.SourceNode);
+                }
+                else if (_rooms.TryGetValue(roomId, out var live))
+                {
+                    // An answer to a resync after a bus reconnect, or one that came after loading stopped waiting.
+                    live.Reconcile(e, message.SourceNode);
                 }
                 break;
             case RoomBusEvent.Close:
@@ -306,6 +311,20 @@ public sealed partial class RoomManager : IDisposable
                 break;
         }
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// The bus listens again after an outage: events of other nodes may have been lost, so every loaded room asks the
+    /// other nodes for their members again and reconciles with the answers as they arrive. Does not wait for them: the
+    /// bus delivers the answers on the thread that calls this.
+    /// </summary>
+    public Task CatchUpAsync(CancellationToken cancellationToken)
+    {
+        if (!Clustered)
+            return Task.CompletedTask;
+        foreach (var id in _rooms.Keys)
+            PublishEvent(id, new RoomBusEvent(RoomBusEvent.Sync, Requester: _bus.NodeId));
+        return Task.CompletedTask;
     }
 
     /// <summary>Every heartbeat interval: drops members served by nodes that are no longer in the registry.</summary>
