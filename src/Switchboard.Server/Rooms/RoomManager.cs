@@ -44,6 +44,7 @@ public sealed partial class RoomManager : IBusCatchUp, IDisposable
     private readonly IDisposable? _subscription;
     private readonly CancellationTokenSource _stopping = new();
     private int? _storedCount;
+    private int _disposed;
 
     public RoomManager(IRoomStore store, RoomProtocols protocols, IOptions<SwitchboardOptions> options, TimeProvider time, ILogger<RoomManager> logger,
         IMessageBus bus, INodeRegistry nodes, IOptions<NodeOptions> nodeOptions)
@@ -202,6 +203,9 @@ public sealed partial class RoomManager : IBusCatchUp, IDisposable
 
     public void Dispose()
     {
+        // Registered twice (itself and as a bus catch-up hook), so disposed twice.
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+            return;
         _subscription?.Dispose();
         _stopping.Cancel();
         _stopping.Dispose();
