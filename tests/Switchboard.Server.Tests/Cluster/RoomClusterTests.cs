@@ -246,6 +246,56 @@ public sealed class RoomClusterTests(PostgresFixture fixture) : IClassFixture<Po
         }
     }
 
+    [Fact]
+    public async Task A_node_that_was_deaf_to_the_bus_reconciles_its_members_when_it_listens_again()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        // Node 2 waits 1.5 s before re-listening, so what happens meanwhile is certainly missed.
+        var nodes = await Task.WhenAll(Enumerable.Range(1, 2).Select(i => TestGateway.StartAsync(o => o.NodeId = "node-" + i, services: s =>
+        {
+            s.AddSwitchboardPostgres(cs);
+            s.Configure<PostgresBusOptions>(o => o.ReconnectMinDelay = TimeSpan.FromMilliseconds(1500));
+        })));
+        try
+        {
+            var (id, secret, _) = await RoomTestKit.CreateRoomAsync(nodes[0], "open");
+            var a = await RoomTestKit.JoinAsync(nodes[0], id, secret);
+            var b = await RoomTestKit.JoinAsync(nodes[1], id, secret);
+            await a.NextAsync("client_joined");
+
+            var bus = nodes[1].Services.GetRequiredService<PostgresBus>();
+            await using (var admin = new Npgsql.NpgsqlConnection(cs))
+            {
+                await admin.OpenAsync();
+                await using var kill = new Npgsql.NpgsqlCommand("SELECT pg_terminate_backend($1)", admin) { Parameters = { new() { Value = bus.ListenerProcessId } } };
+                await kill.ExecuteScalarAsync();
+            }
+            // While node 2 is deaf: the host leaves and a newcomer joins on node 1.
+            await a.Socket.DisposeAsync();
+            var c = await RoomTestKit.JoinAsync(nodes[0], id, secret);
+
+            // Node 2 listens again, asks node 1 for its members and tells its member what it missed.
+            var left = await b.NextAsync("client_left");
+            Assert.Equal(a.ClientId, left.Str("clientId"));
+            Assert.Equal("connection lost", left.Str("reason"));
+            var assigned = await b.NextAsync("host_assigned");
+            Assert.Equal(b.ClientId, assigned.Str("clientId"));
+            var joined = await b.NextAsync("client_joined");
+            Assert.Equal(c.ClientId, joined.Str("clientId"));
+            Assert.Equal(1, bus.Reconnects);
+
+            // Both nodes agree again: relays flow both ways.
+            await c.RelayAsync(b.ClientId, new { hi = 1 });
+            Assert.Equal(c.ClientId, (await b.NextAsync("relay")).Str("from"));
+            await b.RelayAsync(c.ClientId, new { hi = 2 });
+            Assert.Equal(b.ClientId, (await c.NextAsync("relay")).Str("from"));
+        }
+        finally
+        {
+            await Task.WhenAll(nodes.Select(n => n.DisposeAsync().AsTask()));
+        }
+    }
+
     private static async Task DieAsync(TestGateway node)
     {
         await node.Services.GetRequiredService<PostgresBus>().StopAsync(CancellationToken.None);
