@@ -3,6 +3,9 @@
 # scenarios on 127.0.0.1, prints a table and writes bench/results/latest.md.
 #   bench/run.sh            full run (about 3-5 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, for a smoke test
+#   bench/run.sh --cluster  cross-node fan-out instead: 1 node (SQLite), 1 node and 3 nodes on one PostgreSQL
+#                           (uses $SWITCHBOARD_DATABASE, else starts a throwaway PostgreSQL with scripts/test-deps.sh;
+#                           writes bench/results/cluster-latest.md; about 2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,9 +40,24 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+extra=()
+if [[ " $* " == *" --cluster "* ]]; then
+  db=${SWITCHBOARD_DATABASE:-}
+  if [[ -z "$db" ]]; then
+    pg_state=$(mktemp -d /tmp/switchboard-bench-pg.XXXXXX)
+    : >"$pg_state/env"; : >"$pg_state/cleanup"
+    SWITCHBOARD_TEST_POSTGRES='' SWITCHBOARD_TEST_ENV="$pg_state/env" SWITCHBOARD_TEST_CLEANUP="$pg_state/cleanup" scripts/test-deps.sh
+    # shellcheck disable=SC1091
+    source "$pg_state/env"
+    db=$SWITCHBOARD_TEST_POSTGRES
+    trap 'cleanup; bash "$pg_state/cleanup"; rm -rf "$pg_state"' EXIT INT TERM
+  fi
+  extra=(--database "$db" --out bench/results/cluster-latest.md)
+fi
+
 setsid dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
   --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll \
   --raw bench/RawKestrelBroadcast/bin/Release/net10.0/RawKestrelBroadcast.dll \
-  --out bench/results/latest.md "$@" &
+  --out bench/results/latest.md "${extra[@]}" "$@" &
 bench_pid=$!
 wait "$bench_pid"

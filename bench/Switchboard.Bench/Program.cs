@@ -22,6 +22,25 @@ using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
 AppDomain.CurrentDomain.ProcessExit += (_, _) => ServerProcess.KillAll();
 
 var ct = cts.Token;
+if (options.Cluster)
+{
+    // Cross-node fan-out: one node (SQLite), one node (PostgreSQL), three nodes (PostgreSQL), same scenarios.
+    string clusterReport;
+    try
+    {
+        clusterReport = await ClusterBench.RunAsync(options, (env, dir, token) => MintTokenAsync(options.Switchboard, dir, env, token), ct);
+    }
+    finally
+    {
+        ServerProcess.KillAll();
+    }
+    Console.WriteLine();
+    Console.WriteLine(clusterReport);
+    Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(options.Out))!);
+    await File.WriteAllTextAsync(options.Out, clusterReport, CancellationToken.None);
+    Console.WriteLine($"written to {options.Out}");
+    return 0;
+}
 var rate = new List<RateResult>();
 var full = new List<FullResult>();
 var idle = new List<IdleResult>();
@@ -149,12 +168,15 @@ static async Task<string> MintTokenAsync(string dll, string dir, Dictionary<stri
     return stdout.Trim();
 }
 
-internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets)
+internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null, int? Rate = null)
 {
     public static Args Parse(string[] args)
     {
         string? sb = null, raw = null, output = "bench/results/latest.md";
         var quick = false;
+        var cluster = false;
+        string? database = null;
+        int? rate = null;
         string[] targets = ["switchboard", "raw", "raw-wks"];
         for (var i = 0; i < args.Length; i++)
         {
@@ -164,12 +186,15 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
                 case "--raw": raw = args[++i]; break;
                 case "--out": output = args[++i]; break;
                 case "--quick": quick = true; break;
+                case "--cluster": cluster = true; break;
+                case "--database": database = args[++i]; break;
+                case "--rate": rate = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--targets": targets = args[++i].Split(','); break;
                 default: throw new ArgumentException("unknown argument " + args[i]);
             }
         }
         return new Args(sb ?? throw new ArgumentException("--switchboard is required"), raw ?? throw new ArgumentException("--raw is required"),
-            output, quick, targets);
+            output, quick, targets, cluster, database, rate);
     }
 }
 
@@ -224,13 +249,7 @@ internal static class Report
         foreach (var i in idle)
             sb.AppendLine(c, $"| {i.Target} | {i.Connections:N0} | {i.BaselineKb / 1024.0:F1} | {i.PeakKb / 1024.0:F1} | {i.LoadedKb / 1024.0:F1} | {i.KbPerConnection:F1} | {i.Threads} | {i.Errors} | {i.ConnectSeconds:F1} |");
         sb.AppendLine();
-        sb.AppendLine("## Machine load when each phase started (1 / 5 min load average; 2 cores)");
-        sb.AppendLine();
-        sb.AppendLine("| phase | time (UTC) | load |");
-        sb.AppendLine("|---|---|---|");
-        foreach (var p in Phases)
-            sb.AppendLine(p);
-        sb.AppendLine();
+        AppendPhases(sb);
         sb.AppendLine("GC modes: switchboard = Workstation (the CLI's default), raw-kestrel = Server (Web SDK default), raw-kestrel-wks = Workstation.");
         sb.AppendLine();
         if (Failures.Count > 0)
@@ -257,6 +276,17 @@ internal static class Report
         foreach (var i in idle.Where(x => x.Target == "switchboard"))
             sb.AppendLine(c, $"- (c) < 12 KB per idle connection: {i.KbPerConnection:F1} KB -> {(i.KbPerConnection < 12 ? "met" : "NOT met")}");
         return sb.ToString();
+    }
+
+    public static void AppendPhases(StringBuilder sb)
+    {
+        sb.AppendLine("## Machine load when each phase started (1 / 5 min load average; 2 cores)");
+        sb.AppendLine();
+        sb.AppendLine("| phase | time (UTC) | load |");
+        sb.AppendLine("|---|---|---|");
+        foreach (var p in Phases)
+            sb.AppendLine(p);
+        sb.AppendLine();
     }
 
     private static string MemTotal()

@@ -15,15 +15,17 @@ internal sealed record IdleResult(string Target, int Connections, long BaselineK
 internal static class Scenarios
 {
     /// <summary>(a) A publisher at a fixed rate; latency from the send timestamp to each receive.</summary>
-    public static async Task<RateResult> FixedRateAsync(Target target, int subscribers, int rate, TimeSpan duration, CancellationToken cancellationToken)
+    public static async Task<RateResult> FixedRateAsync(Target target, int subscribers, int rate, TimeSpan duration, CancellationToken cancellationToken,
+        Histogram[]? groups = null)
     {
         await using var fleet = new Fleet();
         await fleet.ConnectAsync(target, subscribers, 64, cancellationToken);
         await WarmUpAsync(target, fleet, cancellationToken);
         var histogram = new Histogram();
         fleet.Latency = histogram;
+        fleet.Groups = groups;
         var before = fleet.Deliveries.Sum();
-        var cpuBefore = target.Server.CpuTime();
+        var cpuBefore = target.CpuTime();
         var interval = Stopwatch.Frequency / rate;
         var total = (int)(rate * duration.TotalSeconds);
         var pending = new List<Task<bool>>(total);
@@ -59,7 +61,7 @@ internal static class Scenarios
         var settle = Stopwatch.StartNew();
         while (fleet.Deliveries.Sum() - before < expected && settle.Elapsed < TimeSpan.FromSeconds(5))
             await Task.Delay(20, cancellationToken);
-        var cpu = target.Server.CpuTime() - cpuBefore;
+        var cpu = target.CpuTime() - cpuBefore;
         var delivered = fleet.Deliveries.Sum() - before;
         // From the first publish until the last delivery (or the 5 s grace after the last publish was acknowledged).
         var window = Stopwatch.GetElapsedTime(start);
@@ -118,14 +120,14 @@ internal static class Scenarios
         await Task.Delay(warmup, cancellationToken);
         var d0 = fleet.Deliveries.Sum();
         var p0 = Interlocked.Read(ref published);
-        var cpu0 = target.Server.CpuTime();
+        var cpu0 = target.CpuTime();
         var me0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         await Task.Delay(measure, cancellationToken);
         var d1 = fleet.Deliveries.Sum();
         var p1 = Interlocked.Read(ref published);
         var elapsed = sw.Elapsed;
-        var cpu = target.Server.CpuTime() - cpu0;
+        var cpu = target.CpuTime() - cpu0;
         var me = Process.GetCurrentProcess().TotalProcessorTime - me0;
         await stop.CancelAsync();
         await Task.WhenAll(loops);

@@ -20,6 +20,12 @@ internal abstract class Target(ServerProcess server) : IAsyncDisposable
     public string Name => Server.Name;
     public abstract Uri WebSocketUri { get; }
 
+    /// <summary>Where subscriber number <paramref name="index"/> connects (a cluster spreads them over its nodes).</summary>
+    public virtual Uri WebSocketUriFor(int index) => WebSocketUri;
+
+    /// <summary>CPU time of every server process of the target.</summary>
+    public virtual TimeSpan CpuTime() => Server.CpuTime();
+
     /// <summary>Sends what the protocol needs after the upgrade (subscribe) and returns once the subscription is live.</summary>
     public abstract Task SubscribeAsync(ClientWebSocket socket, byte[] scratch, CancellationToken cancellationToken);
 
@@ -55,7 +61,7 @@ internal abstract class Target(ServerProcess server) : IAsyncDisposable
         return Encoding.UTF8.GetString(scratch, 0, length);
     }
 
-    public async ValueTask DisposeAsync()
+    public virtual async ValueTask DisposeAsync()
     {
         _http.Dispose();
         await Server.DisposeAsync();
@@ -63,11 +69,13 @@ internal abstract class Target(ServerProcess server) : IAsyncDisposable
 }
 
 /// <summary>Switchboard: JWT in the query string, one <c>subscribe</c>, publish with the API key over HTTP.</summary>
-internal sealed class SwitchboardTarget(ServerProcess server, string token, string apiKey, string channel) : Target(server)
+internal class SwitchboardTarget(ServerProcess server, string token, string apiKey, string channel) : Target(server)
 {
     private readonly byte[] _subscribe = Encoding.UTF8.GetBytes($$"""{"type":"subscribe","channel":"{{channel}}"}""");
 
-    public override Uri WebSocketUri => new($"ws://127.0.0.1:{Server.Port}/api/v1/ws?token={Uri.EscapeDataString(token)}");
+    public override Uri WebSocketUri => WebSocketUriOf(Server);
+
+    protected Uri WebSocketUriOf(ServerProcess server) => new($"ws://127.0.0.1:{server.Port}/api/v1/ws?token={Uri.EscapeDataString(token)}");
 
     public override async Task SubscribeAsync(ClientWebSocket socket, byte[] scratch, CancellationToken cancellationToken)
     {
@@ -144,6 +152,18 @@ internal sealed class Histogram
                 return (i + 1) * BucketTicksDivisor / 1000.0;
         }
         return double.PositiveInfinity;
+    }
+
+    /// <summary>Mean in milliseconds (bucket midpoints).</summary>
+    public double Mean()
+    {
+        var total = Count;
+        if (total == 0)
+            return double.NaN;
+        double sum = 0;
+        for (var i = 0; i < _buckets.Length; i++)
+            sum += _buckets[i] * (i + 0.5);
+        return sum / total * BucketTicksDivisor / 1000.0;
     }
 
     public double Max()
@@ -252,7 +272,12 @@ internal sealed class Subscriber(int index, ClientWebSocket socket, Fleet fleet)
         }
         fleet.Deliveries.Add(index, 1);
         if (fleet.Latency is { } histogram && System.Buffers.Text.Utf8Parser.TryParse(message[(t + 4)..], out long sent, out _))
-            histogram.Record(Stopwatch.GetTimestamp() - sent);
+        {
+            var elapsed = Stopwatch.GetTimestamp() - sent;
+            histogram.Record(elapsed);
+            if (fleet.Groups is { } groups)
+                groups[index % groups.Length].Record(elapsed);
+        }
     }
 }
 
@@ -267,6 +292,9 @@ internal sealed class Fleet : IAsyncDisposable
 
     public StripedCounter Deliveries { get; } = new();
     public Histogram? Latency { get; set; }
+
+    /// <summary>Latency per group of subscribers (subscriber index modulo the count): per node of a cluster.</summary>
+    public Histogram[]? Groups { get; set; }
     public bool ReleaseIdleBuffers { get; init; }
     public long Errors => Interlocked.Read(ref _errors);
     public long Closes => Interlocked.Read(ref _closes);
@@ -324,7 +352,7 @@ internal sealed class Fleet : IAsyncDisposable
             socket.Options.KeepAliveInterval = TimeSpan.Zero;
             try
             {
-                await socket.ConnectAsync(target.WebSocketUri, cancellationToken);
+                await socket.ConnectAsync(target.WebSocketUriFor(index), cancellationToken);
                 var scratch = ArrayPool<byte>.Shared.Rent(4096);
                 try
                 {

@@ -8,14 +8,19 @@ using Switchboard.Server.Storage;
 
 namespace Switchboard.Server.Rooms;
 
-/// <summary>One member of a room: a client id, its rejoin secret (as a hash) and the connection currently serving it.</summary>
+/// <summary>
+/// One member of a room: a client id, its rejoin secret (as a hash), the node serving it and, when that node is this
+/// one, the connection currently serving it.
+/// </summary>
 public sealed class RoomMember
 {
-    internal RoomMember(string clientId, byte[] secretHash, WsConnection connection, DateTimeOffset joinedAt)
+    internal RoomMember(string clientId, byte[] secretHash, WsConnection? connection, string nodeId, long order, DateTimeOffset joinedAt)
     {
         ClientId = clientId;
         SecretHash = secretHash;
         Connection = connection;
+        NodeId = nodeId;
+        Order = order;
         JoinedAt = joinedAt;
     }
 
@@ -26,9 +31,28 @@ public sealed class RoomMember
 
     public DateTimeOffset JoinedAt { get; }
 
+    /// <summary>The node this member is connected to (this node's id for local members).</summary>
+    public string NodeId { get; internal set; }
+
+    /// <summary>True when the member is connected to this node.</summary>
+    public bool IsLocal => Connection is not null;
+
+    /// <summary>Join order across nodes: UTC ticks of the join, made strictly increasing per room on each node; ties broken by node and client id.</summary>
+    internal long Order { get; }
+
     internal byte[] SecretHash { get; }
 
-    internal WsConnection Connection { get; set; }
+    /// <summary>The serving connection on this node; null for a member connected to another node.</summary>
+    internal WsConnection? Connection { get; set; }
+
+    /// <summary>Orders members by join (oldest first), identically on every node.</summary>
+    internal static int CompareOrder(RoomMember a, RoomMember b)
+    {
+        var c = a.Order.CompareTo(b.Order);
+        if (c == 0)
+            c = string.CompareOrdinal(a.NodeId, b.NodeId);
+        return c != 0 ? c : string.CompareOrdinal(a.ClientId, b.ClientId);
+    }
 }
 
 /// <summary>Outcome of a join or a rejoin.</summary>
@@ -48,8 +72,13 @@ internal readonly record struct JoinResult(JoinStatus Status, RoomMember? Member
 /// that left recently (for <c>reconnect</c>). Every mutation happens under the room's lock, and every frame a
 /// mutation produces is queued (never written) under that lock, so members see events in one order.
 /// <see cref="WsConnection.TrySend"/> never blocks: a member whose queue is full is closed (4008) without
-/// delaying anyone else. All delivery goes through <see cref="DeliverLocal"/>: the one place a later multi-node
-/// change would also hand room traffic to the message bus.
+/// delaying anyone else. All delivery goes through <see cref="DeliverLocal"/>.
+/// <para>
+/// On several nodes each node holds a replica of the member list (members connected elsewhere have no connection).
+/// A node applies its own members' actions, delivers to its own connections first, and publishes one event on the
+/// bus (<see cref="RoomBusEvent"/>, topic <c>room:{id}</c>) that the other nodes apply to their replica with the same
+/// rules: host election is a function of the member list (oldest member), so every node reaches the same host.
+/// </para>
 /// </summary>
 public sealed class Room
 {
@@ -58,16 +87,22 @@ public sealed class Room
     private readonly Dictionary<string, Departed> _departed = new(StringComparer.Ordinal);
     private readonly TimeProvider _time;
     private readonly TimeSpan _reconnectGrace;
+    private readonly string _nodeId;
+    private readonly Action<Room, RoomBusEvent>? _publish;
     private RoomMember? _host;
+    private bool _hostGranted;
     private List<RoomMember>? _dropped;
     private bool _closed;
+    private long _lastOrder;
 
-    internal Room(RoomRecord record, IRoomProtocol protocol, TimeProvider time, TimeSpan reconnectGrace)
+    internal Room(RoomRecord record, IRoomProtocol protocol, TimeProvider time, TimeSpan reconnectGrace, string nodeId = "local", Action<Room, RoomBusEvent>? publish = null)
     {
         Record = record;
         Protocol = protocol;
         _time = time;
         _reconnectGrace = reconnectGrace;
+        _nodeId = nodeId;
+        _publish = publish;
     }
 
     public RoomRecord Record { get; }
@@ -108,7 +143,7 @@ public sealed class Room
                 do
                     clientId = RoomSecrets.NewClientId();
                 while (Find(clientId) is not null || _departed.ContainsKey(clientId));
-                var member = new RoomMember(clientId, RoomSecrets.Hash(clientSecret), connection, _time.GetUtcNow());
+                var member = new RoomMember(clientId, RoomSecrets.Hash(clientSecret), connection, _nodeId, NextOrderLocked(), _time.GetUtcNow());
                 AddLocked(member, clientSecret, reconnected: false);
                 return new(JoinStatus.Joined, member);
             }
@@ -142,6 +177,12 @@ public sealed class Room
                             return new(JoinStatus.BadClientSecret, null);
                         replaced = live.Connection;
                         live.Connection = connection;
+                        if (replaced is null)
+                        {
+                            // The member was connected to another node: it moves here, and that node closes its old connection.
+                            live.NodeId = _nodeId;
+                            Publish(new RoomBusEvent(RoomBusEvent.Moved, ClientId: live.ClientId));
+                        }
                         SendConnectedLocked(live, clientSecret, reconnected: true);
                         return new(JoinStatus.Joined, live);
                     }
@@ -152,7 +193,7 @@ public sealed class Room
                     if (_members.Count >= Record.MaxClients)
                         return new(JoinStatus.Full, null);
                     _departed.Remove(clientId);
-                    var member = new RoomMember(clientId, departed.SecretHash, connection, _time.GetUtcNow());
+                    var member = new RoomMember(clientId, departed.SecretHash, connection, _nodeId, NextOrderLocked(), _time.GetUtcNow());
                     AddLocked(member, clientSecret, reconnected: true);
                     return new(JoinStatus.Joined, member);
                 }
@@ -182,6 +223,7 @@ public sealed class Room
                     return;
                 PruneDepartedLocked();
                 _departed[member.ClientId] = new Departed(member.SecretHash, _time.GetTimestamp());
+                Publish(new RoomBusEvent(RoomBusEvent.Leave, ClientId: member.ClientId, Reason: reason));
                 RemovedLocked(member, reason);
             }
             finally
@@ -235,9 +277,18 @@ public sealed class Room
                 if (Protocol.CanRelay(sender, target, recipient) is { } denial)
                     return denial;
                 if (recipient is not null)
-                    DeliverLocal([recipient], frame);
+                {
+                    if (recipient.IsLocal)
+                        DeliverLocal([recipient], frame);
+                    else
+                        Publish(new RoomBusEvent(RoomBusEvent.Relay, ClientId: sender.ClientId, To: recipient.ClientId, Frame: frame));
+                }
                 else
+                {
                     DeliverLocal(_members.Where(m => !ReferenceEquals(m, sender)), frame);
+                    if (HasRemoteLocked())
+                        Publish(new RoomBusEvent(RoomBusEvent.Relay, ClientId: sender.ClientId, Frame: frame));
+                }
                 return null;
             }
             finally
@@ -264,7 +315,8 @@ public sealed class Room
                 if (Protocol.CanKick(actor, target) is { } denial)
                     return denial;
                 _members.Remove(target);
-                target.Connection.Close(CloseCodes.Kicked, "kicked by the host", drain: true);
+                target.Connection?.Close(CloseCodes.Kicked, "kicked by the host", drain: true);
+                Publish(new RoomBusEvent(RoomBusEvent.Kick, ClientId: target.ClientId, Reason: "kicked"));
                 RemovedLocked(target, "kicked");
                 return null;
             }
@@ -291,7 +343,10 @@ public sealed class Room
                     return denial;
                 if (ReferenceEquals(target, _host))
                     return new RoomDenial("bad_target", $"'{clientId}' is already the host");
+                var previous = _host;
                 SetHostLocked(target, "granted");
+                _hostGranted = true;
+                Publish(new RoomBusEvent(RoomBusEvent.Host, ClientId: target.ClientId, Previous: previous?.ClientId, Reason: "granted"));
                 return null;
             }
             finally
@@ -313,7 +368,7 @@ public sealed class Room
             var frame = JsonSerializer.SerializeToUtf8Bytes(new RoomClosedEvent(Id, closing.Reason), RoomsJsonContext.Default.RoomClosedEvent);
             DeliverLocal(_members, frame);
             foreach (var m in _members)
-                m.Connection.Close(closing.CloseCode, closing.Reason, drain: true);
+                m.Connection?.Close(closing.CloseCode, closing.Reason, drain: true);
             _members.Clear();
             _departed.Clear();
             _dropped = null;
@@ -321,10 +376,220 @@ public sealed class Room
         }
     }
 
+    /// <summary>Applies an event published by another node (<paramref name="sourceNode"/>) to this node's replica and delivers what this node's members must see.</summary>
+    internal void Apply(RoomBusEvent e, string sourceNode)
+    {
+        lock (_gate)
+        {
+            try
+            {
+                if (_closed)
+                    return;
+                switch (e.Kind)
+                {
+                    case RoomBusEvent.Join when e.ClientId is { } id && e.SecretHash is { } hash:
+                        ApplyJoinLocked(new RoomMember(id, hash, null, sourceNode, e.Order, _time.GetUtcNow()), e.Reconnected);
+                        break;
+                    case RoomBusEvent.Leave or RoomBusEvent.Kick when e.ClientId is { } id && Find(id) is { } gone:
+                        // A leave names a member of the sending node (one that moved here since is kept); a kick may name one of ours, which we close.
+                        if (e.Kind == RoomBusEvent.Leave && gone.IsLocal)
+                            break;
+                        _members.Remove(gone);
+                        if (e.Kind == RoomBusEvent.Leave)
+                            _departed[gone.ClientId] = new Departed(gone.SecretHash, _time.GetTimestamp());
+                        else
+                            gone.Connection?.Close(CloseCodes.Kicked, "kicked by the host", drain: true);
+                        RemovedLocked(gone, e.Reason ?? "left");
+                        break;
+                    case RoomBusEvent.Relay when e.Frame is { } frame:
+                        if (e.To is null)
+                            DeliverLocal(_members.Where(m => m.IsLocal && m.ClientId != e.ClientId), frame);
+                        else if (Find(e.To) is { IsLocal: true } recipient)
+                            DeliverLocal([recipient], frame);
+                        break;
+                    case RoomBusEvent.Host when e.ClientId is { } id && Find(id) is { } next:
+                        if (!ReferenceEquals(next, _host))
+                            SetHostLocked(next, e.Reason ?? "granted");
+                        _hostGranted = true;
+                        break;
+                    case RoomBusEvent.Moved when e.ClientId is { } id && Find(id) is { } moved:
+                        var old = moved.Connection;
+                        moved.Connection = null;
+                        moved.NodeId = sourceNode;
+                        old?.Close(CloseCodes.Normal, "session resumed on another connection", drain: false);
+                        break;
+                }
+            }
+            finally
+            {
+                ReapLocked();
+            }
+        }
+    }
+
+    /// <summary>This node's members and its view of the host, for a node that is loading the room.</summary>
+    internal RoomBusEvent LocalState(string requester)
+    {
+        lock (_gate)
+        {
+            return new RoomBusEvent(RoomBusEvent.State, ClientId: _host?.ClientId, Requester: requester, Granted: _hostGranted,
+                Members: [.. _members.Where(m => m.IsLocal).Select(m => new RoomBusMember(m.ClientId, m.Order, m.SecretHash))]);
+        }
+    }
+
+    /// <summary>Adds the members another node reported while this node loads the room (no events: nobody here is connected yet).</summary>
+    internal void ApplyState(RoomBusEvent state, string sourceNode)
+    {
+        lock (_gate)
+        {
+            foreach (var m in state.Members ?? [])
+            {
+                if (Find(m.ClientId) is null)
+                    InsertOrderedLocked(new RoomMember(m.ClientId, m.SecretHash, null, sourceNode, m.Order, _time.GetUtcNow()));
+            }
+            if (_host is null && state.ClientId is { } hostId && Find(hostId) is { } host)
+            {
+                host.IsHost = true;
+                _host = host;
+                _hostGranted = state.Granted;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Brings this node's view of <paramref name="sourceNode"/>'s members in line with what that node reported (after
+    /// this node's bus reconnected, or a reply that came after loading gave up waiting): members it no longer has leave,
+    /// members this node did not know join, each with the usual events.
+    /// </summary>
+    internal void Reconcile(RoomBusEvent state, string sourceNode)
+    {
+        lock (_gate)
+        {
+            try
+            {
+                if (_closed)
+                    return;
+                var reported = (state.Members ?? []).Select(m => m.ClientId).ToHashSet(StringComparer.Ordinal);
+                foreach (var gone in _members.Where(m => !m.IsLocal && m.NodeId == sourceNode && !reported.Contains(m.ClientId)).ToArray())
+                {
+                    _members.Remove(gone);
+                    _departed[gone.ClientId] = new Departed(gone.SecretHash, _time.GetTimestamp());
+                    RemovedLocked(gone, "connection lost");
+                }
+                foreach (var m in state.Members ?? [])
+                {
+                    if (Find(m.ClientId) is { } known)
+                    {
+                        if (!known.IsLocal)
+                            known.NodeId = sourceNode;
+                        continue;
+                    }
+                    ApplyJoinLocked(new RoomMember(m.ClientId, m.SecretHash, null, sourceNode, m.Order, _time.GetUtcNow()), reconnected: false);
+                }
+            }
+            finally
+            {
+                ReapLocked();
+            }
+        }
+    }
+
+    /// <summary>After loading: a room whose replies named no host gets the one its protocol elects (the oldest member).</summary>
+    internal void FinishLoad()
+    {
+        lock (_gate)
+        {
+            if (_host is null && _members.Count > 0 && Protocol.ChooseHostAfterLeave(_members) is { } host && _members.Contains(host))
+            {
+                host.IsHost = true;
+                _host = host;
+            }
+        }
+    }
+
+    /// <summary>The other nodes serving members of this room.</summary>
+    internal IReadOnlyCollection<string> RemoteNodes()
+    {
+        lock (_gate)
+            return [.. _members.Where(m => !m.IsLocal).Select(m => m.NodeId).Distinct(StringComparer.Ordinal)];
+    }
+
+    /// <summary>Removes the members of a node that stopped heartbeating (every node does this on its own, with the same result).</summary>
+    internal void RemoveNode(string nodeId, string reason)
+    {
+        lock (_gate)
+        {
+            try
+            {
+                foreach (var m in _members.Where(m => !m.IsLocal && m.NodeId == nodeId).ToArray())
+                {
+                    if (!_members.Remove(m))
+                        continue;
+                    _departed[m.ClientId] = new Departed(m.SecretHash, _time.GetTimestamp());
+                    RemovedLocked(m, reason);
+                }
+            }
+            finally
+            {
+                ReapLocked();
+            }
+        }
+    }
+
+    private void ApplyJoinLocked(RoomMember member, bool reconnected)
+    {
+        if (Find(member.ClientId) is not null)
+            return;
+        _departed.Remove(member.ClientId);
+        InsertOrderedLocked(member);
+        var previous = _host;
+        var becomesHost = Protocol.TakesHostOnJoin(_host, member)
+            // Two nodes that filled an empty room at once each made their own joiner host: the older member wins everywhere.
+            || (previous is not null && !_hostGranted && RoomMember.CompareOrder(member, previous) < 0 && Protocol.TakesHostOnJoin(null, member));
+        if (becomesHost)
+        {
+            if (previous is not null)
+                previous.IsHost = false;
+            member.IsHost = true;
+            _host = member;
+            _hostGranted = false;
+        }
+        DeliverLocal(_members.Where(m => !ReferenceEquals(m, member)), JsonSerializer.SerializeToUtf8Bytes(
+            new RoomClientJoinedEvent(member.ClientId, member.IsHost, reconnected), RoomsJsonContext.Default.RoomClientJoinedEvent));
+        if (becomesHost && previous is not null)
+            DeliverLocal(_members.Where(m => !ReferenceEquals(m, member)), HostAssignedFrame(member, previous, "joined"));
+    }
+
+    private void InsertOrderedLocked(RoomMember member)
+    {
+        var i = _members.Count;
+        while (i > 0 && RoomMember.CompareOrder(_members[i - 1], member) > 0)
+            i--;
+        _members.Insert(i, member);
+    }
+
+    private long NextOrderLocked()
+    {
+        _lastOrder = Math.Max(_time.GetUtcNow().UtcTicks, _lastOrder + 1);
+        return _lastOrder;
+    }
+
+    private bool HasRemoteLocked()
+    {
+        foreach (var m in _members)
+        {
+            if (!m.IsLocal)
+                return true;
+        }
+        return false;
+    }
+
+    private void Publish(RoomBusEvent e) => _publish?.Invoke(this, e);
+
     private void AddLocked(RoomMember member, string clientSecret, bool reconnected)
     {
         var others = _members.ToArray();
-        _members.Add(member);
+        InsertOrderedLocked(member);
         var previous = _host;
         var becomesHost = Protocol.TakesHostOnJoin(_host, member);
         if (becomesHost)
@@ -334,6 +599,9 @@ public sealed class Room
             member.IsHost = true;
             _host = member;
         }
+        if (becomesHost)
+            _hostGranted = false;
+        Publish(new RoomBusEvent(RoomBusEvent.Join, ClientId: member.ClientId, Order: member.Order, SecretHash: member.SecretHash, Reconnected: reconnected));
         SendConnectedLocked(member, clientSecret, reconnected);
         if (others.Length > 0)
         {
@@ -359,6 +627,7 @@ public sealed class Room
         {
             member.IsHost = false;
             _host = null;
+            _hostGranted = false;
             if (Protocol.ChooseHostAfterLeave(_members) is { } next && _members.Contains(next))
                 SetHostLocked(next, "host_left", previous: member);
         }
@@ -386,7 +655,9 @@ public sealed class Room
         var outbound = OutboundFrame.Text(frame);
         foreach (var m in recipients)
         {
-            if (!m.Connection.TrySend(outbound) && m.Connection.IsClosing)
+            if (m.Connection is not { } connection)
+                continue; // connected to another node: that node delivers
+            if (!connection.TrySend(outbound) && connection.IsClosing)
                 (_dropped ??= []).Add(m);
         }
     }
@@ -403,10 +674,12 @@ public sealed class Room
             _dropped = null;
             foreach (var m in dropped)
             {
-                if (_closed || !_members.Remove(m))
+                if (_closed || m.Connection is not { } connection || !_members.Remove(m))
                     continue;
                 _departed[m.ClientId] = new Departed(m.SecretHash, _time.GetTimestamp());
-                RemovedLocked(m, LeaveReason(m.Connection.CloseCode));
+                var reason = LeaveReason(connection.CloseCode);
+                Publish(new RoomBusEvent(RoomBusEvent.Leave, ClientId: m.ClientId, Reason: reason));
+                RemovedLocked(m, reason);
             }
         }
     }

@@ -10,6 +10,7 @@ using Switchboard.Server.Auth;
 using Switchboard.Server.Channels;
 using Switchboard.Server.Connections;
 using Switchboard.Server.Http;
+using Switchboard.Server.Nodes;
 
 namespace Switchboard.Server.Rooms;
 
@@ -25,6 +26,8 @@ public static class RoomEndpoints
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoomProtocol, OpenRoomProtocol>());
         services.TryAddSingleton<RoomProtocols>();
         services.TryAddSingleton<RoomManager>();
+        // After a bus outage the room replicas resynchronize (only buses that can lose messages call this).
+        services.AddSingleton<IBusCatchUp>(sp => sp.GetRequiredService<RoomManager>());
         return services;
     }
 
