@@ -17,15 +17,15 @@ internal sealed partial class DockerWorkload : IWorkload
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _logs;
 
-    private DockerWorkload(DockerEngine engine, string containerId, int? pid, HttpResponseMessage logs, bool multiplexed, LineSink sink, int maxLineBytes,
-        string name, ILogger logger)
+    private DockerWorkload(DockerEngine engine, string containerId, int? pid, LineSink sink, int maxLineBytes, string name, ILogger logger)
     {
         _engine = engine;
         _logger = logger;
         _name = name;
         ContainerId = containerId;
         Pid = pid;
-        _logs = Task.Run(() => ReadLogsAsync(logs, multiplexed, sink, maxLineBytes));
+        // The engine may send the log answer's head only with the first output: never wait for it here.
+        _logs = Task.Run(() => ReadLogsAsync(sink, maxLineBytes));
         Completion = CompleteAsync();
     }
 
@@ -73,8 +73,7 @@ internal sealed partial class DockerWorkload : IWorkload
             catch (DockerException)
             {
             }
-            var (logs, multiplexed) = await engine.FollowLogsAsync(id, cancellationToken);
-            return new DockerWorkload(engine, id, pid, logs, multiplexed, sink, maxLineBytes, record.Name, logger);
+            return new DockerWorkload(engine, id, pid, sink, maxLineBytes, record.Name, logger);
         }
         catch
         {
@@ -136,13 +135,15 @@ internal sealed partial class DockerWorkload : IWorkload
     }
 
     /// <summary>Demultiplexes the log stream: frames of an 8-byte header (stream, 0, 0, 0, big-endian size) and a payload.</summary>
-    private async Task ReadLogsAsync(HttpResponseMessage response, bool multiplexed, LineSink sink, int maxLineBytes)
+    private async Task ReadLogsAsync(LineSink sink, int maxLineBytes)
     {
         var splitters = new[] { new LineSplitter(maxLineBytes), new LineSplitter(maxLineBytes) };
         var buffer = new byte[64 * 1024];
         var header = new byte[8];
+        HttpResponseMessage? response = null;
         try
         {
+            (response, var multiplexed) = await _engine.FollowLogsAsync(ContainerId, _stop.Token);
             await using var stream = await response.Content.ReadAsStreamAsync(_stop.Token);
             while (true)
             {
@@ -190,7 +191,7 @@ internal sealed partial class DockerWorkload : IWorkload
         }
         finally
         {
-            response.Dispose();
+            response?.Dispose();
             for (byte kind = 1; kind <= 2; kind++)
             {
                 var rest = new List<string>();
