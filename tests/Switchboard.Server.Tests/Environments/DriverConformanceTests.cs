@@ -259,7 +259,7 @@ public sealed class ProcessDriverConformanceTests : DriverConformanceTests
 /// The conformance tests against the <c>docker</c> driver on a real Docker-compatible engine: the unix socket in
 /// <c>SWITCHBOARD_TEST_DOCKER_HOST</c> (test.sh starts podman's API service there) with the local busybox image.
 /// </summary>
-[Collection("DockerEnvironments")]
+[Collection("Environments")] // serial with the flood tests, which measure timing
 public sealed class DockerDriverConformanceTests : DriverConformanceTests
 {
     public const string Image = "localhost/switchboard-test:latest";
