@@ -36,6 +36,7 @@ public abstract class DriverConformanceTests
         command = "/bin/sh",
         args = new[] { "-c", script },
         env = new Dictionary<string, string> { ["GREETING"] = "hello" },
+        cwd = "/tmp",
         start,
     };
 
@@ -101,7 +102,7 @@ public abstract class DriverConformanceTests
         // 20 lines at once, then 60 more slowly; every 5th line goes to stderr.
         var e = await CreateAsync(gw, "counter",
             "i=1; while [ $i -le 80 ]; do if [ $((i % 5)) -eq 0 ]; then echo line$i >&2; else echo line$i; fi; " +
-            "[ $i -eq 20 ] && sleep 1; [ $i -gt 20 ] && sleep 0.03; i=$((i+1)); done; echo \"$GREETING done\"; exec sleep 60");
+            "[ $i -eq 20 ] && sleep 1; [ $i -gt 20 ] && sleep 0.03; i=$((i+1)); done; echo \"$GREETING done in $(pwd)\"; exec sleep 60");
         var id = e.GetProperty("id").GetString()!;
         await EnvTestKit.WaitUntilAsync(() => gw.GetEnvAsync(id).Result.GetProperty("lastSeq").GetInt64() >= 20);
 
@@ -124,7 +125,7 @@ public abstract class DriverConformanceTests
             Assert.Equal(all[i - 1].Seq + 1, all[i].Seq); // contiguous across the reconnect
         Assert.Equal(1, all[0].Seq);
         Assert.Equal(81, all[^1].Seq);
-        Assert.Equal("hello done", all[^1].Message);
+        Assert.Equal("hello done in /tmp", all[^1].Message);
         var numbered = all.Where(l => l.Message.StartsWith("line", StringComparison.Ordinal)).ToList();
         Assert.Equal(Enumerable.Range(1, 80).Select(i => "line" + i).Order(), numbered.Select(l => l.Message).Order());
         Assert.All(numbered, l => Assert.Equal(int.Parse(l.Message[4..]) % 5 == 0 ? "stderr" : "stdout", l.Stream));
@@ -182,6 +183,37 @@ public abstract class DriverConformanceTests
         await EnvTestKit.WaitUntilAsync(() => EnvTestKit.FindProcesses($"sleep {marker}").Count == 0, TimeSpan.FromSeconds(5), "the closed terminal's job ends");
         await two.SendJsonAsync(new { type = "input", data = "echo still$((3+3))\r" });
         await ReadOutputUntilAsync(two, "still6", new StringBuilder());
+    }
+
+    [Fact]
+    public async Task Terminal_client_that_does_not_read_pauses_the_shell_instead_of_buffering()
+    {
+        await using var gw = await StartAsync(o => o.TerminalFlowControlBytes = 64 * 1024);
+        var e = await CreateAsync(gw, "chatty", "exec sleep 60");
+        await using var socket = await gw.ConnectEnvAsync(e.GetProperty("id").GetString()!, "terminal", "&cmd=/bin/sh");
+        await socket.ReceiveTypeAsync("ready");
+        var marker = Random.Shared.Next(100000, 999999);
+        // Through env so that busybox runs yes as its own process (a shell may run applets in-process).
+        await socket.SendJsonAsync(new { type = "input", data = $"env yes {marker}\r" });
+        var pid = 0;
+        await EnvTestKit.WaitUntilAsync(() => EnvTestKit.FindProcesses($"yes {marker}") is [var p] && (pid = p) > 0);
+        // Unless the gateway stops reading, the writer never blocks (and the connection would hit 4008 or memory grow).
+        static long Ticks(int pid)
+        {
+            var f = File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1].Split(' ');
+            return long.Parse(f[11]) + long.Parse(f[12]);
+        }
+        var blocked = false;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!blocked && DateTime.UtcNow < deadline)
+        {
+            var before = Ticks(pid);
+            await Task.Delay(500);
+            blocked = Ticks(pid) == before;
+        }
+        Assert.True(blocked, "yes kept running: the gateway kept reading for a client that does not read");
+        Assert.Equal(System.Net.WebSockets.WebSocketState.Open, socket.Socket.State);
+        Assert.Equal("output", (await socket.ReceiveJsonAsync()).GetProperty("type").GetString()); // reading resumes the flow
     }
 
     [Fact]
@@ -287,6 +319,7 @@ public sealed class DockerDriverConformanceTests : DriverConformanceTests
         command = "/bin/sh",
         args = new[] { "-c", script },
         env = new Dictionary<string, string> { ["GREETING"] = "hello" },
+        cwd = "/tmp",
         start,
     };
 
