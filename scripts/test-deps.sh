@@ -58,6 +58,7 @@ if [ -z "${SWITCHBOARD_TEST_DOCKER_HOST:-}" ]; then
   CONTAINERS_CONF="$pm_dir/containers.conf" setsid podman system service --time=0 "unix://$pm_dir/podman.sock" >"$pm_dir/service.log" 2>&1 &
   pm_pid=$!
   for _ in $(seq 1 100); do [ -S "$pm_dir/podman.sock" ] && break; sleep 0.1; done
+  [ -S "$pm_dir/podman.sock" ] || { echo "podman API service did not start:" >&2; cat "$pm_dir/service.log" >&2; }
   echo "CONTAINERS_CONF='$pm_dir/containers.conf' podman rm -f -t 0 --filter label=io.switchboard.environment >/dev/null 2>&1 || true; kill $pm_pid 2>/dev/null || true; for _ in \$(seq 1 50); do kill -0 $pm_pid 2>/dev/null || break; sleep 0.1; done; kill -9 $pm_pid 2>/dev/null || true; rm -rf '$pm_dir'" >>"$cleanup_file"
   echo "export SWITCHBOARD_TEST_DOCKER_HOST='unix://$pm_dir/podman.sock'" >>"$env_file"
   echo "podman API service on unix://$pm_dir/podman.sock (pid $pm_pid)" >&2
