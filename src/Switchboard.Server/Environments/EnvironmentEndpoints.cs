@@ -203,6 +203,16 @@ public static class EnvironmentEndpoints
         IQueryCollection query, CancellationToken cancellationToken)
     {
         var options = manager.Options;
+        ushort cols = 80, rows = 24;
+        if (ushort.TryParse(query["cols"], NumberStyles.None, CultureInfo.InvariantCulture, out var c) && c is > 0 and <= 1000)
+            cols = c;
+        if (ushort.TryParse(query["rows"], NumberStyles.None, CultureInfo.InvariantCulture, out var r) && r is > 0 and <= 1000)
+            rows = r;
+        if (environment.Record.Driver == "docker")
+        {
+            await DockerTerminalAsync(connection, environment, manager, acceptor, query["cmd"], cols, rows, cancellationToken);
+            return;
+        }
         if (environment.Record.Driver != "process")
         {
             await acceptor.CloseRegisteredAsync(connection, CloseCodes.PolicyViolation, $"terminals are not available for driver '{environment.Record.Driver}'");
@@ -214,17 +224,46 @@ public static class EnvironmentEndpoints
             await acceptor.CloseRegisteredAsync(connection, CloseCodes.PolicyViolation, "cmd is not an allowed terminal command");
             return;
         }
-        ushort cols = 80, rows = 24;
-        if (ushort.TryParse(query["cols"], NumberStyles.None, CultureInfo.InvariantCulture, out var c) && c is > 0 and <= 1000)
-            cols = c;
-        if (ushort.TryParse(query["rows"], NumberStyles.None, CultureInfo.InvariantCulture, out var r) && r is > 0 and <= 1000)
-            rows = r;
         TerminalSession terminal;
         try
         {
             terminal = TerminalSession.Start(connection, environment.Record, command, options, manager.Time, cols, rows);
         }
         catch (IOException ex)
+        {
+            connection.TrySendJson(new TerminalMessage("error", ex.Message), EnvironmentsJsonContext.Default.TerminalMessage);
+            connection.Close(CloseCodes.InternalError, "cannot start the terminal");
+            await acceptor.RunAsync(connection, static (_, _, _, _) => ValueTask.CompletedTask, cancellationToken);
+            return;
+        }
+        using (terminal)
+        {
+            connection.TrySendJson(new TerminalMessage("ready"), EnvironmentsJsonContext.Default.TerminalMessage);
+            terminal.Begin();
+            await acceptor.RunAsync(connection, terminal.HandleAsync, cancellationToken);
+        }
+    }
+
+    /// <summary>A terminal in the environment's running container (exec with a TTY).</summary>
+    private static async Task DockerTerminalAsync(WsConnection connection, ManagedEnvironment environment, EnvironmentManager manager, WsAcceptor acceptor,
+        string? requested, ushort cols, ushort rows, CancellationToken cancellationToken)
+    {
+        var options = manager.Options;
+        if (!string.IsNullOrEmpty(requested) && !options.TerminalCommands.Contains(requested, StringComparer.Ordinal))
+        {
+            await acceptor.CloseRegisteredAsync(connection, CloseCodes.PolicyViolation, "cmd is not an allowed terminal command");
+            return;
+        }
+        DockerTerminalSession terminal;
+        try
+        {
+            if (environment.Docker is not { } docker || environment.Workload is not DockerWorkload workload || environment.Status != EnvironmentStatus.Running)
+                throw new IOException("the environment's container is not running");
+            var command = await DockerTerminalSession.ResolveCommandAsync(docker, workload.ContainerId, options, requested, cancellationToken)
+                ?? throw new IOException("no terminal command is configured");
+            terminal = await DockerTerminalSession.StartAsync(connection, docker, workload.ContainerId, command, options, manager.Time, cols, rows, cancellationToken);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
             connection.TrySendJson(new TerminalMessage("error", ex.Message), EnvironmentsJsonContext.Default.TerminalMessage);
             connection.Close(CloseCodes.InternalError, "cannot start the terminal");
@@ -263,6 +302,11 @@ public static class EnvironmentEndpoints
 
     private static async Task MetricsLoopAsync(WsConnection connection, ManagedEnvironment environment, EnvironmentManager manager, CancellationToken cancellationToken)
     {
+        if (environment.Docker is { } docker)
+        {
+            await DockerMetricsLoopAsync(connection, environment, docker, manager, cancellationToken);
+            return;
+        }
         var sampler = new ProcessMetrics(manager.Time);
         sampler.Sample(environment.Pid); // baseline for the first CPU percentage
         using var timer = new PeriodicTimer(manager.Options.MetricsInterval, manager.Time);
@@ -273,6 +317,23 @@ public static class EnvironmentEndpoints
                 var pid = environment.Status == EnvironmentStatus.Running ? environment.Pid : null;
                 connection.TrySendJson(sampler.Sample(pid), EnvironmentsJsonContext.Default.MetricsMessage);
             }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    private static async Task DockerMetricsLoopAsync(WsConnection connection, ManagedEnvironment environment, DockerEngine docker, EnvironmentManager manager,
+        CancellationToken cancellationToken)
+    {
+        var sampler = new DockerMetrics(docker, manager.Time);
+        string? Container() => environment.Status == EnvironmentStatus.Running && environment.Workload is DockerWorkload w ? w.ContainerId : null;
+        using var timer = new PeriodicTimer(manager.Options.MetricsInterval, manager.Time);
+        try
+        {
+            await sampler.SampleAsync(Container(), cancellationToken); // baseline for the first CPU percentage
+            while (await timer.WaitForNextTickAsync(cancellationToken))
+                connection.TrySendJson(await sampler.SampleAsync(Container(), cancellationToken), EnvironmentsJsonContext.Default.MetricsMessage);
         }
         catch (OperationCanceledException)
         {

@@ -23,6 +23,7 @@ internal sealed partial class EnvironmentManager(
     private readonly ConcurrentDictionary<string, ManagedEnvironment> _byId = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _createGate = new(1, 1);
     private readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly DockerEngine? _docker = string.IsNullOrEmpty(options.Value.DockerHost) ? null : new DockerEngine(options.Value.DockerHost);
 
     public EnvironmentOptions Options => options.Value;
 
@@ -90,7 +91,26 @@ internal sealed partial class EnvironmentManager(
         return true;
     }
 
-    private ManagedEnvironment New(EnvironmentRecord record, long lastSeq) => new(record, lastSeq, options.Value, bus, time, logger);
+    private ManagedEnvironment New(EnvironmentRecord record, long lastSeq) => new(record, lastSeq, options.Value, bus, time, logger, _docker);
+
+    /// <summary>Containers of this gateway's environments left by a run that ended without cleaning up (a crash) are removed at start-up.</summary>
+    private async Task RemoveStaleContainersAsync(CancellationToken cancellationToken)
+    {
+        if (_docker is null)
+            return;
+        foreach (var e in _byId.Values.Where(e => e.Record.Driver == "docker" && e.Workload is null))
+        {
+            try
+            {
+                await _docker.RemoveEnvironmentContainersAsync(e.Id, cancellationToken);
+            }
+            catch (Exception ex) when (ex is DockerException or OperationCanceledException)
+            {
+                Log.StaleCleanupFailed(logger, ex, e.Record.Name);
+                return;
+            }
+        }
+    }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -98,6 +118,10 @@ internal sealed partial class EnvironmentManager(
         {
             foreach (var record in await store.ListAsync(stoppingToken))
                 _byId[record.Id] = New(record, await store.LastSeqAsync(record.Id, stoppingToken));
+            // Before anything can start an environment (requests wait for loading), so a new container is never removed.
+            using var cleanup = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+            cleanup.CancelAfter(TimeSpan.FromSeconds(10));
+            await RemoveStaleContainersAsync(cleanup.Token);
         }
         finally
         {
@@ -159,6 +183,12 @@ internal sealed partial class EnvironmentManager(
         await base.StopAsync(cancellationToken);
     }
 
+    public override void Dispose()
+    {
+        _docker?.Dispose();
+        base.Dispose();
+    }
+
     [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     private static partial Regex NameRegex();
 
@@ -166,5 +196,8 @@ internal sealed partial class EnvironmentManager(
     {
         [LoggerMessage(4101, LogLevel.Error, "Writing {Count} lines of environment {Name} to the store failed; they are lost.")]
         public static partial void PersistFailed(ILogger logger, Exception exception, string name, int count);
+
+        [LoggerMessage(4102, LogLevel.Warning, "Removing leftover containers of environment {Name} failed.")]
+        public static partial void StaleCleanupFailed(ILogger logger, Exception exception, string name);
     }
 }

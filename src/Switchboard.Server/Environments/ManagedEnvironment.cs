@@ -25,6 +25,7 @@ internal sealed partial class ManagedEnvironment
     private readonly IMessageBus _bus;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
+    private readonly DockerEngine? _docker;
     private readonly SemaphoreSlim _ops = new(1, 1);
 
     private readonly Lock _logGate = new();
@@ -44,8 +45,10 @@ internal sealed partial class ManagedEnvironment
     private bool _stopping;
     private bool _deleted;
 
-    public ManagedEnvironment(EnvironmentRecord record, long lastSeq, EnvironmentOptions options, IMessageBus bus, TimeProvider time, ILogger logger)
+    public ManagedEnvironment(EnvironmentRecord record, long lastSeq, EnvironmentOptions options, IMessageBus bus, TimeProvider time, ILogger logger,
+        DockerEngine? docker = null)
     {
+        _docker = docker;
         Record = record;
         _lastSeq = lastSeq;
         _options = options;
@@ -66,6 +69,12 @@ internal sealed partial class ManagedEnvironment
     public string? Error { get; private set; }
 
     public int? Pid => _workload?.Pid;
+
+    /// <summary>The current (or last) workload; null before the first start.</summary>
+    internal IWorkload? Workload => _workload;
+
+    /// <summary>The Docker engine of a <c>docker</c> environment; null for other drivers or when not configured.</summary>
+    internal DockerEngine? Docker => Record.Driver == "docker" ? _docker : null;
 
     public DateTimeOffset? StartedAt { get; private set; }
 
@@ -103,10 +112,11 @@ internal sealed partial class ManagedEnvironment
                 workload = Record.Driver switch
                 {
                     "process" => ProcessWorkload.Start(Record, Append, _options.MaxLineBytes),
+                    "docker" when _docker is not null => await DockerWorkload.StartAsync(_docker, Record, Append, _options.MaxLineBytes, _logger, CancellationToken.None),
                     _ => throw new IOException($"driver '{Record.Driver}' is not available on this gateway"),
                 };
             }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or OperationCanceledException)
             {
                 Log.StartFailed(_logger, ex, Record.Name);
                 FinishedAt = _time.GetUtcNow();
@@ -153,6 +163,7 @@ internal sealed partial class ManagedEnvironment
         {
             _deleted = true;
             await StopCoreAsync(grace);
+            await RemoveContainersAsync(always: closeConnections);
         }
         finally
         {
@@ -169,6 +180,24 @@ internal sealed partial class ManagedEnvironment
 
     /// <summary>Gateway shutdown: stop with a short grace, never leaving a process behind.</summary>
     public Task ShutdownAsync(TimeSpan grace) => DeleteAsync(grace, closeConnections: false);
+
+    /// <summary>
+    /// Removes the environment's containers (docker driver). On delete always (a container may be left by an earlier
+    /// run); at shutdown only when this run started one.
+    /// </summary>
+    private async Task RemoveContainersAsync(bool always)
+    {
+        if (Docker is not { } docker || (!always && _workload is null))
+            return;
+        try
+        {
+            await docker.RemoveEnvironmentContainersAsync(Id, CancellationToken.None);
+        }
+        catch (DockerException ex)
+        {
+            Log.RemoveFailed(_logger, ex, Record.Name);
+        }
+    }
 
     private async Task StopCoreAsync(TimeSpan grace)
     {
@@ -380,6 +409,9 @@ internal sealed partial class ManagedEnvironment
 
         [LoggerMessage(4002, LogLevel.Warning, "Environment {Name}: the store is behind its output; {Dropped} lines were not persisted so far (live clients still got them).")]
         public static partial void PersistenceBehind(ILogger logger, string name, long dropped);
+
+        [LoggerMessage(4004, LogLevel.Warning, "Environment {Name}: removing its containers failed.")]
+        public static partial void RemoveFailed(ILogger logger, Exception exception, string name);
 
         [LoggerMessage(4003, LogLevel.Warning, "Environment {Name}: publishing a status change on the bus failed.")]
         public static partial void BusFailed(ILogger logger, Exception exception, string name);

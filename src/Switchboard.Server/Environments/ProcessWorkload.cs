@@ -1,5 +1,3 @@
-using System.Text;
-
 namespace Switchboard.Server.Environments;
 
 /// <summary>Receives output lines of a workload: stream 1 is stdout, 2 is stderr. The list is handed over.</summary>
@@ -108,8 +106,7 @@ internal sealed class ProcessWorkload : IWorkload
     private void ReadLoop(int fd, byte stream, LineSink sink, int maxLineBytes)
     {
         var buffer = new byte[64 * 1024];
-        var partial = new byte[maxLineBytes];
-        var partialLength = 0;
+        var splitter = new LineSplitter(maxLineBytes);
         var lines = new List<string>();
         try
         {
@@ -118,44 +115,16 @@ internal sealed class ProcessWorkload : IWorkload
                 var n = Libc.Read(fd, buffer);
                 if (n <= 0)
                     break;
-                var span = buffer.AsSpan(0, n);
-                int i;
-                while ((i = span.IndexOf((byte)'\n')) >= 0)
-                {
-                    var piece = span[..i];
-                    if (partialLength > 0)
-                    {
-                        var take = Math.Min(piece.Length, partial.Length - partialLength);
-                        piece[..take].CopyTo(partial.AsSpan(partialLength));
-                        lines.Add(Decode(partial.AsSpan(0, partialLength + take)));
-                        partialLength = 0;
-                    }
-                    else
-                    {
-                        lines.Add(Decode(piece.Length > maxLineBytes ? piece[..maxLineBytes] : piece));
-                    }
-                    span = span[(i + 1)..];
-                }
-                while (span.Length > 0)
-                {
-                    var take = Math.Min(span.Length, partial.Length - partialLength);
-                    span[..take].CopyTo(partial.AsSpan(partialLength));
-                    partialLength += take;
-                    span = span[take..];
-                    if (partialLength == partial.Length)
-                    {
-                        lines.Add(Decode(partial));
-                        partialLength = 0;
-                    }
-                }
+                splitter.Push(buffer.AsSpan(0, n), lines);
                 if (lines.Count > 0)
                 {
                     sink(stream, lines);
                     lines = [];
                 }
             }
-            if (partialLength > 0)
-                sink(stream, [Decode(partial.AsSpan(0, partialLength))]);
+            splitter.Flush(lines);
+            if (lines.Count > 0)
+                sink(stream, lines);
         }
         finally
         {
@@ -163,12 +132,5 @@ internal sealed class ProcessWorkload : IWorkload
             if (Interlocked.Decrement(ref _readersLeft) == 0)
                 _readersDone.TrySetResult();
         }
-    }
-
-    private static string Decode(ReadOnlySpan<byte> line)
-    {
-        if (line.Length > 0 && line[^1] == (byte)'\r')
-            line = line[..^1];
-        return Encoding.UTF8.GetString(line);
     }
 }
