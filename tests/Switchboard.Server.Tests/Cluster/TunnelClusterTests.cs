@@ -96,6 +96,14 @@ public sealed class TunnelClusterTests(PostgresFixture fixture) : IClassFixture<
             Assert.Equal(HttpStatusCode.OK, post.StatusCode);
             Assert.Equal($"{upload.Length}:{Convert.ToHexStringLower(SHA256.HashData(upload))}", await post.Content.ReadAsStringAsync());
         }
+        // A body without Content-Length (chunked) streams through the hop too.
+        using (var chunked = new StreamContent(new MemoryStream(upload)))
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, s.Path("/upload")) { Content = chunked };
+            request.Headers.TransferEncodingChunked = true;
+            using var post = await s.EntryC.SendAsync(request);
+            Assert.Equal($"{upload.Length}:{Convert.ToHexStringLower(SHA256.HashData(upload))}", await post.Content.ReadAsStringAsync());
+        }
         using (var put = await s.EntryC.PutAsync(s.Path("/echo"), new StringContent("body-put")))
         {
             Assert.Equal(HttpStatusCode.Created, put.StatusCode);
@@ -182,6 +190,12 @@ public sealed class TunnelClusterTests(PostgresFixture fixture) : IClassFixture<
         await ws2.CloseAsync((WebSocketCloseStatus)4123, "bye", CancellationToken.None);
         Assert.Equal(4123, (int?)ws2.CloseStatus);
         Assert.Equal("bye", ws2.CloseStatusDescription);
+
+        // An upgrade the local app refuses comes back with its status through both nodes.
+        using var refused = new ClientWebSocket();
+        refused.Options.CollectHttpResponseDetails = true;
+        await Assert.ThrowsAsync<WebSocketException>(() => refused.ConnectAsync(new Uri(s.Cluster[2].WsBaseUri, s.Path("/nope")), CancellationToken.None));
+        Assert.Equal(HttpStatusCode.NotFound, refused.HttpStatusCode);
 
         var metrics = await s.Cluster[2].Api.GetStringAsync("metrics");
         Assert.Contains("switchboard_tunnels_forwarded_total{kind=\"websocket\",result=\"ok\"}", metrics);
