@@ -18,6 +18,7 @@ public static class TunnelEndpoints
     {
         services.AddOptions<TunnelOptions>().BindConfiguration(TunnelOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         services.TryAddSingleton<TunnelHub>();
+        services.TryAddSingleton<TunnelRelay>();
         services.TryAddSingleton<TunnelForwarder>();
         services.AddHostedService<TunnelRegistryCleanup>();
         return services;

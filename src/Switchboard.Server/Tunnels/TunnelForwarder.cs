@@ -16,7 +16,7 @@ namespace Switchboard.Server.Tunnels;
 /// Forwards one public request through a tunnel: opens a stream (response slot first), sends the head, streams the
 /// body under the stream and connection windows, and copies the response back as it arrives (or buffered).
 /// </summary>
-public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOptions> options, ILogger<TunnelForwarder> logger)
+public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IOptions<TunnelOptions> options, ILogger<TunnelForwarder> logger)
 {
     private readonly TunnelOptions _options = options.Value;
 
@@ -56,17 +56,28 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
 
     public async Task ForwardAsync(HttpContext context, string name, string target, string? prefix)
     {
+        // A request relayed by another node carries the public client's address and scheme, vouched for by the shared key.
+        var proof = relay.Verify(context.Request, out var origin);
+        if (proof == RelayProof.Invalid)
+        {
+            await WriteErrorAsync(context, 403, "invalid_relay", "Forbidden.", $"The {TunnelRelay.Header} header is only accepted from the gateway's own nodes.");
+            return;
+        }
+        var clientIp = origin is null ? context.Connection.RemoteIpAddress : origin.ClientIp;
         var session = hub.Find(name);
         if (session is null)
         {
+            // Another node may hold the agent: relay there (never a request that was relayed already, so no loops).
+            if (origin is null && relay.Enabled && await relay.TryRelayAsync(context, name))
+                return;
             await WriteErrorAsync(context, 404, "tunnel_not_found", $"Tunnel '{name}' is not connected.",
                 $"No agent is connected for tunnel '{name}'. Start one with: switchboard tunnel http PORT --subdomain {name}");
             return;
         }
-        if (!session.IsAllowed(context.Connection.RemoteIpAddress))
+        if (!session.IsAllowed(clientIp))
         {
             await WriteErrorAsync(context, 403, "forbidden_address", $"Tunnel '{name}': address not allowed.",
-                $"Your address {context.Connection.RemoteIpAddress} is not in the allow-list of tunnel '{name}'.");
+                $"Your address {clientIp} is not in the allow-list of tunnel '{name}'.");
             return;
         }
         if (!session.IsAuthorized(context.Request.Headers.Authorization.ToString() is { Length: > 0 } a ? a : null))
@@ -101,7 +112,7 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
             StartedAt = DateTimeOffset.UtcNow,
             Method = context.Request.Method,
             Path = target,
-            RequestHeaders = RequestHeaders(context, prefix, session),
+            RequestHeaders = RequestHeaders(context, prefix, session, clientIp, origin?.Scheme ?? context.Request.Scheme),
         };
         try
         {
@@ -451,7 +462,7 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
     }
 
     /// <summary>Headers for the agent: hop-by-hop removed, repeated values kept apart, X-Forwarded-* added.</summary>
-    private static List<KeyValuePair<string, string>> RequestHeaders(HttpContext context, string? prefix, TunnelSession session)
+    private static List<KeyValuePair<string, string>> RequestHeaders(HttpContext context, string? prefix, TunnelSession session, IPAddress? clientIp, string scheme)
     {
         var list = new List<KeyValuePair<string, string>>();
         string? forwardedFor = null;
@@ -467,14 +478,15 @@ public sealed partial class TunnelForwarder(TunnelHub hub, IOptions<TunnelOption
                 continue;
             }
             if (key.Equals("X-Forwarded-Proto", StringComparison.OrdinalIgnoreCase) || key.Equals("X-Forwarded-Host", StringComparison.OrdinalIgnoreCase) ||
-                key.Equals("X-Forwarded-Prefix", StringComparison.OrdinalIgnoreCase) || key.Equals(TunnelProtocol.BufferHeader, StringComparison.OrdinalIgnoreCase))
+                key.Equals("X-Forwarded-Prefix", StringComparison.OrdinalIgnoreCase) || key.Equals(TunnelProtocol.BufferHeader, StringComparison.OrdinalIgnoreCase) ||
+                key.Equals(TunnelRelay.Header, StringComparison.OrdinalIgnoreCase))
                 continue;
             foreach (var value in values)
                 list.Add(new(key, value ?? ""));
         }
-        var ip = context.Connection.RemoteIpAddress is { } a ? (a.IsIPv4MappedToIPv6 ? a.MapToIPv4() : a).ToString() : "unknown";
+        var ip = clientIp is { } a ? (a.IsIPv4MappedToIPv6 ? a.MapToIPv4() : a).ToString() : "unknown";
         list.Add(new("X-Forwarded-For", forwardedFor is null ? ip : forwardedFor + ", " + ip));
-        list.Add(new("X-Forwarded-Proto", context.Request.Scheme));
+        list.Add(new("X-Forwarded-Proto", scheme));
         list.Add(new("X-Forwarded-Host", context.Request.Host.Value ?? ""));
         if (prefix is not null)
             list.Add(new("X-Forwarded-Prefix", prefix));
