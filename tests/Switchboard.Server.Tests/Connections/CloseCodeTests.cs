@@ -160,8 +160,9 @@ public sealed class CloseCodeTests
     {
         await using var gw = await TestGateway.StartAsync(o =>
         {
-            o.Heartbeat.Interval = TimeSpan.FromMilliseconds(200);
-            o.Heartbeat.Timeout = TimeSpan.FromMilliseconds(700);
+            // Short, but with slack for a loaded CI machine: the answering client has 2 s to pong.
+            o.Heartbeat.Interval = TimeSpan.FromMilliseconds(250);
+            o.Heartbeat.Timeout = TimeSpan.FromSeconds(2);
         });
         await using var silent = await gw.ConnectChannelsAsync();
         await using var polite = await gw.ConnectChannelsAsync();
@@ -176,7 +177,7 @@ public sealed class CloseCodeTests
                     await polite.SendTextAsync("{\"type\":\"pong\"}");
             }
         });
-        Assert.Equal(CloseCodes.Stale, await silent.WaitForCloseAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(CloseCodes.Stale, await silent.WaitForCloseAsync(TimeSpan.FromSeconds(10)));
         Assert.True(CloseCodes.ShouldReconnect(CloseCodes.Stale));
         await Task.Delay(500);
         Assert.Equal(WebSocketState.Open, polite.Socket.State);
