@@ -22,11 +22,12 @@ public sealed class RoomClientTests
     [Fact]
     public async Task Client_library_joins_relays_answers_the_heartbeat_and_sees_the_room_close()
     {
-        // Heartbeat: ping every 250 ms, stale after 1 s; a client that did not answer would be closed with 4000.
+        // Heartbeat: ping every 250 ms, stale after 3 s (room heartbeats are answered by the client library, so a loaded
+        // machine must not starve it past the timeout); a client that did not answer would be closed with 4000.
         await using var gw = await TestGateway.StartAsync(o =>
         {
             o.Heartbeat.Interval = TimeSpan.FromMilliseconds(250);
-            o.Heartbeat.Timeout = TimeSpan.FromSeconds(1);
+            o.Heartbeat.Timeout = TimeSpan.FromSeconds(3);
         });
         var (id, secret, _) = await RoomTestKit.CreateRoomAsync(gw, "open");
         var options = new RoomClientOptions { AutoReconnect = false };
@@ -37,7 +38,7 @@ public sealed class RoomClientTests
         Assert.Equal(2, b.Members.Count);
         Assert.Equal(b.ClientId, (await NextAsync(a, "client_joined")).GetProperty("clientId").GetString());
 
-        await Task.Delay(2500); // more than two heartbeat timeouts: both must still be members
+        await Task.Delay(4000); // more than the heartbeat timeout: both must still be members
         await b.RelayAsync("broadcast", JsonDocument.Parse("""{"chat":"hi"}""").RootElement);
         var relay = await NextAsync(a, "relay");
         Assert.Equal(b.ClientId, relay.GetProperty("from").GetString());
