@@ -11,6 +11,13 @@ internal static class CommonOptions
         DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_DATA_DIR") is { Length: > 0 } d ? d : "./data",
     };
 
+    /// <summary>The PostgreSQL connection string of a cluster (env <c>SWITCHBOARD_DATABASE</c>); none means the SQLite file of <c>--data-dir</c>.</summary>
+    public static Option<string?> Database() => new("--database")
+    {
+        Description = "PostgreSQL connection string for several nodes (env SWITCHBOARD_DATABASE); default: the SQLite file in --data-dir.",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("SWITCHBOARD_DATABASE") is { Length: > 0 } d ? d : null,
+    };
+
     /// <summary>Parses 90s, 30m, 1h, 7d, or a TimeSpan (01:00:00).</summary>
     public static TimeSpan ParseDuration(string text)
     {

@@ -73,16 +73,28 @@ internal static partial class EnvCommands
         var env = new Command("env", "Manage environments: processes or containers the gateway runs.");
 
         var name = new Argument<string>("name") { Description = "Environment name." };
-        var argv = new Argument<string[]>("command") { Description = "Command and arguments (after --).", Arity = ArgumentArity.OneOrMore };
+        var argv = new Argument<string[]>("command") { Description = "Command and arguments (after --); optional with --image, where the image's own command runs.", Arity = ArgumentArity.ZeroOrMore };
         var cwd = new Option<string?>("--cwd") { Description = "Working directory." };
         var vars = new Option<string[]>("--env", "-e") { Description = "Variable KEY=VALUE (repeatable).", AllowMultipleArgumentsPerToken = false };
         var noStart = new Option<bool>("--no-start") { Description = "Create without starting." };
-        var create = new Command("create", "Create (and start) an environment: switchboard env create NAME -- command args...") { name, argv, cwd, vars, noStart };
+        var image = new Option<string?>("--image") { Description = "Container image; implies --driver docker." };
+        var driver = new Option<string?>("--driver") { Description = "process (default) or docker (default when --image is given)." };
+        driver.AcceptOnlyFromAmong("process", "docker");
+        var create = new Command("create", "Create (and start) an environment: switchboard env create NAME [--image IMAGE] -- command args...")
+            { name, argv, cwd, vars, noStart, image, driver };
         Add(create, out var url, out var token, out var dataDir);
         create.SetAction((parse, ct) => RunAsync(async () =>
         {
             using var client = Client(parse, url, token, dataDir);
-            var command = parse.GetValue(argv)!;
+            var command = parse.GetValue(argv) ?? [];
+            var img = parse.GetValue(image);
+            var drv = parse.GetValue(driver) ?? (img is null ? "process" : "docker");
+            if (drv == "docker" && string.IsNullOrWhiteSpace(img))
+                throw new InvalidOperationException("--driver docker needs --image IMAGE");
+            if (drv == "process" && img is not null)
+                throw new InvalidOperationException("--image needs the docker driver (drop --driver process)");
+            if (drv == "process" && command.Length == 0)
+                throw new InvalidOperationException("give the command to run after --, e.g. switchboard env create web -- python3 -m http.server");
             var variables = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var kv in parse.GetValue(vars) ?? [])
             {
@@ -91,8 +103,12 @@ internal static partial class EnvCommands
                     throw new InvalidOperationException($"--env '{kv}' is not KEY=VALUE");
                 variables[kv[..eq]] = kv[(eq + 1)..];
             }
-            var info = await client.CreateAsync(new CreateEnvironmentRequest(parse.GetValue(name), "process", command[0], command[1..],
-                parse.GetValue(cwd) is { } d ? Path.GetFullPath(d) : Directory.GetCurrentDirectory(), variables, null, !parse.GetValue(noStart)), ct);
+            // A container's working directory is inside the image: only pass --cwd through for it, never the caller's directory.
+            var workDir = parse.GetValue(cwd) is { } d
+                ? (drv == "process" ? Path.GetFullPath(d) : d)
+                : (drv == "process" ? Directory.GetCurrentDirectory() : null);
+            var info = await client.CreateAsync(new CreateEnvironmentRequest(parse.GetValue(name), drv, command.Length > 0 ? command[0] : null,
+                command.Length > 1 ? command[1..] : [], workDir, variables, img, !parse.GetValue(noStart)), ct);
             Console.WriteLine($"{info.Name}\t{info.Id}\t{info.Status}{(info.Error is null ? "" : "\t" + info.Error)}");
             return info.Status == EnvironmentStatus.Failed ? 1 : 0;
         }));

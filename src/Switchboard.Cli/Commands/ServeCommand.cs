@@ -23,11 +23,7 @@ internal static class ServeCommand
             DefaultValueFactory = _ => Env("SWITCHBOARD_URLS") ?? "http://127.0.0.1:8080",
         };
         var dataDir = CommonOptions.DataDir();
-        var database = new Option<string?>("--database")
-        {
-            Description = "PostgreSQL connection string for several nodes (env SWITCHBOARD_DATABASE).",
-            DefaultValueFactory = _ => Env("SWITCHBOARD_DATABASE"),
-        };
+        var database = CommonOptions.Database();
         var nodeId = new Option<string?>("--node-id")
         {
             Description = "Stable id of this node in a cluster: letters, digits, '.', '_', '-' (env SWITCHBOARD_NODE_ID; default random per start).",
