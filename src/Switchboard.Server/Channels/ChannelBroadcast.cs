@@ -7,20 +7,22 @@ namespace Switchboard.Server.Channels;
 /// <summary>
 /// One published message, serialized once per wire format (WebSocket JSON, SSE) however many subscribers receive it.
 /// </summary>
-public sealed class ChannelBroadcast(string channel, long offset, ReadOnlyMemory<byte> data, string? excludeConnection)
+public sealed class ChannelBroadcast(string channel, long offset, string epoch, ReadOnlyMemory<byte> data, string? excludeConnection)
 {
     private byte[]? _json;
     private byte[]? _sse;
 
     public string Channel { get; } = channel;
     public long Offset { get; } = offset;
+    /// <summary>The channel's epoch when the message was published (part of the SSE event id).</summary>
+    public string Epoch { get; } = epoch;
     public ReadOnlyMemory<byte> Data { get; } = data;
     public string? ExcludeConnection { get; } = excludeConnection;
 
     /// <summary><c>{"type":"message","channel":…,"offset":…,"data":…}</c></summary>
     public ReadOnlyMemory<byte> Json => _json ??= Build();
 
-    /// <summary>An SSE event: <c>id: OFFSET</c>, <c>event: message</c>, <c>data: JSON</c>.</summary>
+    /// <summary>An SSE event: <c>id: OFFSET:EPOCH</c>, <c>event: message</c>, <c>data: JSON</c>.</summary>
     public ReadOnlyMemory<byte> Sse => _sse ??= BuildSse();
 
     private byte[] Build()
@@ -42,7 +44,7 @@ public sealed class ChannelBroadcast(string channel, long offset, ReadOnlyMemory
     private byte[] BuildSse()
     {
         var json = Json.Span;
-        var head = Encoding.UTF8.GetBytes($"id: {Offset}\nevent: message\ndata: ");
+        var head = Encoding.UTF8.GetBytes($"id: {Offset}:{Epoch}\nevent: message\ndata: ");
         var result = new byte[head.Length + json.Length + 2];
         head.CopyTo(result, 0);
         json.CopyTo(result.AsSpan(head.Length));

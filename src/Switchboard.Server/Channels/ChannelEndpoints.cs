@@ -93,17 +93,41 @@ public static class ChannelEndpoints
             lastId = context.Request.Query["since"].ToString();
         if (!string.IsNullOrEmpty(lastId))
         {
-            if (!long.TryParse(lastId, NumberStyles.None, CultureInfo.InvariantCulture, out var offset))
+            // Event ids are OFFSET:EPOCH, so a browser's automatic Last-Event-ID also detects a history reset;
+            // a bare OFFSET (with an optional ?epoch=) is accepted too.
+            var colon = lastId.IndexOf(':', StringComparison.Ordinal);
+            var idEpoch = colon >= 0 ? lastId[(colon + 1)..] : null;
+            if (!long.TryParse(colon >= 0 ? lastId[..colon] : lastId, NumberStyles.None, CultureInfo.InvariantCulture, out var offset) || idEpoch is { Length: 0 })
             {
-                await ApiResults.WriteProblemAsync(context, 400, "bad_since", "Last-Event-ID / since must be an offset");
+                await ApiResults.WriteProblemAsync(context, 400, "bad_since", "Last-Event-ID / since must be OFFSET or OFFSET:EPOCH");
                 return;
             }
-            var epoch = context.Request.Query["epoch"].ToString();
+            var epoch = idEpoch ?? context.Request.Query["epoch"].ToString();
             if (string.IsNullOrEmpty(epoch))
                 epoch = (await hub.HistoryAsync(channel, 0, null, 0, context.RequestAborted)).Position.Epoch;
             since = new StreamPosition(offset, epoch);
         }
 
+        if (!manager.TryAcquireUserSlot(grants))
+        {
+            context.Response.Headers.RetryAfter = "5";
+            await ApiResults.WriteProblemAsync(context, 429, "too_many_connections",
+                $"at most {o.Limits.MaxConnectionsPerUser} connections (WebSocket and SSE together) per user");
+            return;
+        }
+        try
+        {
+            await StreamSseAsync(context, channel, since, hub, metrics, o, time, lifetime);
+        }
+        finally
+        {
+            manager.ReleaseUserSlot(grants);
+        }
+    }
+
+    private static async Task StreamSseAsync(HttpContext context, string channel, StreamPosition? since, ChannelHub hub, SwitchboardMetrics metrics,
+        SwitchboardOptions o, TimeProvider time, IHostApplicationLifetime lifetime)
+    {
         context.Response.Headers.ContentType = "text/event-stream";
         context.Response.Headers.CacheControl = "no-cache";
         context.Response.Headers["X-Accel-Buffering"] = "no";

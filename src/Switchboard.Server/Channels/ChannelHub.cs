@@ -122,7 +122,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
                 await CatchUpLockedAsync(state, appended.Epoch, offset - 1, CancellationToken.None);
                 if (state.Epoch != appended.Epoch || offset > state.LastDispatched)
                 {
-                    Dispatch(state, new ChannelBroadcast(channel, offset, appended.Message.Data, excludeConnection));
+                    Dispatch(state, new ChannelBroadcast(channel, offset, appended.Epoch, appended.Message.Data, excludeConnection));
                     state.LastDispatched = offset;
                     state.Epoch = appended.Epoch;
                 }
@@ -217,7 +217,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             bytes += m.Data.Length + 64;
             if (bytes > _limits.MaxQueuedBytes / 2 || list.Count >= _limits.MaxQueuedMessages / 2)
                 return (false, []); // would overflow the connection's queue on every attempt: reload instead
-            list.Add(new ChannelBroadcast(channel, m.Offset, m.Data, null));
+            list.Add(new ChannelBroadcast(channel, m.Offset, position.Epoch, m.Data, null));
             expected++;
         }
         return expected == position.Offset + 1 ? (true, list) : (false, []);
@@ -270,7 +270,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             {
                 if (m.Offset > upTo)
                     break;
-                Dispatch(state, new ChannelBroadcast(state.Name, m.Offset, m.Data, null));
+                Dispatch(state, new ChannelBroadcast(state.Name, m.Offset, epoch, m.Data, null));
                 state.LastDispatched = m.Offset;
             }
         }
@@ -312,7 +312,7 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
             await CatchUpLockedAsync(state, epoch, offset - 1, cancellationToken);
             if (state.Epoch == epoch && offset <= state.LastDispatched)
                 return;
-            Dispatch(state, new ChannelBroadcast(channel, offset, data, exclude));
+            Dispatch(state, new ChannelBroadcast(channel, offset, epoch, data, exclude));
             state.LastDispatched = offset;
         }
         finally

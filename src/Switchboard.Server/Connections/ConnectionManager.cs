@@ -51,18 +51,8 @@ public sealed partial class ConnectionManager
     /// <summary>Registers an accepted connection, enforcing the per-user limit. False when the limit is reached.</summary>
     internal bool TryRegister(WsConnection connection)
     {
-        var user = connection.Grants.Subject;
-        if (!connection.Grants.IsServer)
-        {
-            var over = false;
-            _perUser.AddOrUpdate(user, 1, (_, n) =>
-            {
-                over = n >= _options.Limits.MaxConnectionsPerUser;
-                return over ? n : n + 1;
-            });
-            if (over)
-                return false;
-        }
+        if (!TryAcquireUserSlot(connection.Grants))
+            return false;
         _connections[connection.Id] = connection;
         _metrics.ConnectionOpened(connection.Endpoint);
         if (_shuttingDown)
@@ -74,18 +64,38 @@ public sealed partial class ConnectionManager
     {
         if (!_connections.TryRemove(connection.Id, out _))
             return;
-        if (!connection.Grants.IsServer)
-        {
-            var user = connection.Grants.Subject;
-            while (true)
-            {
-                if (!_perUser.TryGetValue(user, out var n))
-                    break;
-                if (n <= 1 ? _perUser.TryRemove(new KeyValuePair<string, int>(user, n)) : _perUser.TryUpdate(user, n - 1, n))
-                    break;
-            }
-        }
+        ReleaseUserSlot(connection.Grants);
         _metrics.ConnectionClosed(connection.Endpoint, connection.CloseCode, _time.GetUtcNow() - connection.ConnectedAt);
+    }
+
+    /// <summary>
+    /// Counts one more streaming connection (WebSocket or Server-Sent Events) against the subject's
+    /// <c>MaxConnectionsPerUser</c>; false when the limit is reached. Server credentials are not limited.
+    /// </summary>
+    internal bool TryAcquireUserSlot(Grants grants)
+    {
+        if (grants.IsServer)
+            return true;
+        var over = false;
+        _perUser.AddOrUpdate(grants.Subject, 1, (_, n) =>
+        {
+            over = n >= _options.Limits.MaxConnectionsPerUser;
+            return over ? n : n + 1;
+        });
+        return !over;
+    }
+
+    /// <summary>Returns a slot taken with <see cref="TryAcquireUserSlot"/>.</summary>
+    internal void ReleaseUserSlot(Grants grants)
+    {
+        if (grants.IsServer)
+            return;
+        var user = grants.Subject;
+        while (_perUser.TryGetValue(user, out var n))
+        {
+            if (n <= 1 ? _perUser.TryRemove(new KeyValuePair<string, int>(user, n)) : _perUser.TryUpdate(user, n - 1, n))
+                break;
+        }
     }
 
     /// <summary>Counts connections of one subject (for limits of features).</summary>

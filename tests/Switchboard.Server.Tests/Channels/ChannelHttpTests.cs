@@ -113,7 +113,7 @@ public sealed class ChannelHttpTests
     }
 
     [Fact]
-    public async Task Sse_streams_with_offsets_as_ids_and_resumes_from_last_event_id()
+    public async Task Sse_streams_with_offset_and_epoch_as_ids_and_resumes_from_last_event_id()
     {
         await using var gw = await TestGateway.StartAsync();
         await ChannelRecoveryTests.PublishAsync(gw, "feed", "one");
@@ -125,17 +125,60 @@ public sealed class ChannelHttpTests
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
         var subscribed = await ReadEventAsync(reader);
         Assert.Equal("subscribed", subscribed.Event);
-        Assert.True(JsonDocument.Parse(subscribed.Data).RootElement.GetProperty("recovered").GetBoolean());
+        var hello = JsonDocument.Parse(subscribed.Data).RootElement;
+        Assert.True(hello.GetProperty("recovered").GetBoolean());
+        var epoch = hello.GetProperty("epoch").GetString();
+        Assert.False(string.IsNullOrEmpty(epoch));
         var missed = await ReadEventAsync(reader);
-        Assert.Equal(("2", "message"), (missed.Id, missed.Event));
+        Assert.Equal(($"2:{epoch}", "message"), (missed.Id, missed.Event));
         Assert.Equal("two", JsonDocument.Parse(missed.Data).RootElement.GetProperty("data").GetString());
         await ChannelRecoveryTests.PublishAsync(gw, "feed", "three");
         var live = await ReadEventAsync(reader);
-        Assert.Equal("3", live.Id);
+        Assert.Equal($"3:{epoch}", live.Id);
 
+        // The browser's automatic Last-Event-ID (OFFSET:EPOCH) resumes exactly after it.
+        using var resume = new HttpRequestMessage(HttpMethod.Get, "api/v1/sse?channel=feed&token=" + gw.Token());
+        resume.Headers.Add("Last-Event-ID", $"2:{epoch}");
+        using var resumed = await gw.Http.SendAsync(resume, HttpCompletionOption.ResponseHeadersRead);
+        using var resumedReader = new StreamReader(await resumed.Content.ReadAsStreamAsync());
+        Assert.True(JsonDocument.Parse((await ReadEventAsync(resumedReader)).Data).RootElement.GetProperty("recovered").GetBoolean());
+        Assert.Equal($"3:{epoch}", (await ReadEventAsync(resumedReader)).Id);
+
+        // An id from another epoch (history was reset since) is never resumed silently.
+        using var stale = new HttpRequestMessage(HttpMethod.Get, "api/v1/sse?channel=feed&token=" + gw.Token());
+        stale.Headers.Add("Last-Event-ID", "2:not-this-epoch");
+        using var staleResponse = await gw.Http.SendAsync(stale, HttpCompletionOption.ResponseHeadersRead);
+        using var staleReader = new StreamReader(await staleResponse.Content.ReadAsStreamAsync());
+        Assert.False(JsonDocument.Parse((await ReadEventAsync(staleReader)).Data).RootElement.GetProperty("recovered").GetBoolean());
+
+        Assert.Equal(HttpStatusCode.BadRequest, (await gw.Http.GetAsync("api/v1/sse?channel=feed&since=x:1&token=" + gw.Token())).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await gw.Http.GetAsync("api/v1/sse?channel=feed&since=2:&token=" + gw.Token())).StatusCode);
         var denied = await gw.Http.GetAsync("api/v1/sse?channel=feed&token=" + gw.Token(channels: ["other"]));
         Assert.Equal(HttpStatusCode.Forbidden, denied.StatusCode);
         Assert.Equal(HttpStatusCode.Unauthorized, (await gw.Http.GetAsync("api/v1/sse?channel=feed")).StatusCode);
+    }
+
+    [Fact]
+    public async Task Sse_streams_count_against_the_per_user_connection_limit_with_websockets()
+    {
+        await using var gw = await TestGateway.StartAsync(o => o.Limits.MaxConnectionsPerUser = 2);
+        await using var ws = await gw.ConnectChannelsAsync(gw.Token("bob"));
+        using var first = await gw.Http.GetAsync("api/v1/sse?channel=feed&token=" + gw.Token("bob"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        using var second = await gw.Http.GetAsync("api/v1/sse?channel=feed&token=" + gw.Token("bob"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal((HttpStatusCode)429, second.StatusCode);
+        Assert.NotNull(second.Headers.RetryAfter);
+        Assert.Contains("too_many_connections", await second.Content.ReadAsStringAsync());
+        // Another user is not affected, and closing the stream frees its slot.
+        using (var other = await gw.Http.GetAsync("api/v1/sse?channel=feed&token=" + gw.Token("carol"), HttpCompletionOption.ResponseHeadersRead))
+            Assert.Equal(HttpStatusCode.OK, other.StatusCode);
+        first.Dispose();
+        var manager = (Switchboard.Server.Connections.ConnectionManager)gw.Services.GetService(typeof(Switchboard.Server.Connections.ConnectionManager))!;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (manager.CountForUser("bob") > 1 && DateTime.UtcNow < deadline)
+            await Task.Delay(20);
+        using var third = await gw.Http.GetAsync("api/v1/sse?channel=feed&token=" + gw.Token("bob"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, third.StatusCode);
     }
 
     private static async Task<(string? Id, string? Event, string Data)> ReadEventAsync(StreamReader reader)
