@@ -57,6 +57,8 @@ try
     foreach (var kind in options.Targets)
     {
         // (a) and (b) share one server process per target.
+        if (options.Scenarios.Contains('a', StringComparison.Ordinal) || options.Scenarios.Contains('b', StringComparison.Ordinal))
+        {
         Console.WriteLine($"== {kind}: fixed rate and full speed");
         Report.Phase($"{kind} (a)+(b)");
         await Guard(kind + " (a)+(b)", async () =>
@@ -64,11 +66,13 @@ try
             await using var target = await StartAsync(kind, options, ct);
             await Guard(kind + " (a)", async () =>
             {
+                if (!options.Scenarios.Contains('a', StringComparison.Ordinal))
+                    return;
                 var r = await Scenarios.FixedRateAsync(target, fanoutSubs, 100, duration, ct);
                 rate.Add(r);
                 Console.WriteLine($"   (a) {r}");
             });
-            foreach (var n in new[] { 100, fanoutSubs })
+            foreach (var n in options.Scenarios.Contains('b', StringComparison.Ordinal) ? new[] { 100, fanoutSubs } : [])
             {
                 await Guard($"{kind} (b) {n}", async () =>
                 {
@@ -78,6 +82,9 @@ try
                 });
             }
         });
+        }
+        if (!options.Scenarios.Contains('c', StringComparison.Ordinal))
+            continue;
         // (c) on a fresh process, so the baseline is a server that has not yet held thousands of sockets.
         Console.WriteLine($"== {kind}: idle memory");
         Report.Phase($"{kind} (c)");
@@ -168,7 +175,8 @@ static async Task<string> MintTokenAsync(string dll, string dir, Dictionary<stri
     return stdout.Trim();
 }
 
-internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null, int? Rate = null)
+internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null, int? Rate = null,
+    string Scenarios = "abc")
 {
     public static Args Parse(string[] args)
     {
@@ -178,6 +186,7 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
         string? database = null;
         int? rate = null;
         string[] targets = ["switchboard", "raw", "raw-wks"];
+        var scenarios = "abc";
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -190,11 +199,12 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
                 case "--database": database = args[++i]; break;
                 case "--rate": rate = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--targets": targets = args[++i].Split(','); break;
+                case "--scenarios": scenarios = args[++i].Replace(",", "", StringComparison.Ordinal); break;
                 default: throw new ArgumentException("unknown argument " + args[i]);
             }
         }
         return new Args(sb ?? throw new ArgumentException("--switchboard is required"), raw ?? throw new ArgumentException("--raw is required"),
-            output, quick, targets, cluster, database, rate);
+            output, quick, targets, cluster, database, rate, scenarios);
     }
 }
 

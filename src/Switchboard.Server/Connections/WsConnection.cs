@@ -4,7 +4,6 @@ using System.Net;
 using System.Net.WebSockets;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
-using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Switchboard.Protocol;
 using Switchboard.Server.Auth;
@@ -16,8 +15,12 @@ namespace Switchboard.Server.Connections;
 public delegate ValueTask MessageHandler(WsConnection connection, ReadOnlyMemory<byte> message, WebSocketMessageType type, CancellationToken cancellationToken);
 
 /// <summary>
-/// One WebSocket connection: a read loop (zero-byte reads while idle, messages bounded by size), a single writer
-/// loop fed by a bounded queue, and one way to close. A consumer whose queue overflows is closed with
+/// One WebSocket connection: a read loop (zero-byte reads while idle, messages bounded by size), one writer at a
+/// time, and one way to close. Sending needs no writer loop: the first <see cref="TrySend"/> on an idle connection
+/// writes the frame at once on the caller's thread (a WebSocket send into Kestrel's output pipe completes
+/// synchronously until the peer applies backpressure); frames offered while a send is in flight wait in a bounded
+/// queue that the in-flight sender drains, continuing asynchronously only when a send did not complete at once.
+/// An idle connection therefore holds no writer task, queue or buffer. A consumer whose queue overflows is closed with
 /// <see cref="CloseCodes.SlowConsumer"/> instead of buffering without bound. Transport only: it knows nothing of
 /// channels, rooms or tunnels.
 /// </summary>
@@ -26,7 +29,15 @@ public sealed partial class WsConnection
     private static readonly ReadOnlyMemory<byte> DefaultPing = """{"type":"ping"}"""u8.ToArray();
 
     private readonly WebSocket _socket;
-    private readonly Channel<OutboundFrame> _queue;
+    private readonly Lock _sendLock = new();
+    // Guarded by _sendLock: frames waiting while a send is in flight (allocated on first use), whether a sender is
+    // active, whether the close frame was handled, whether a send failed, and who waits for the sender to finish.
+    private Queue<OutboundFrame>? _pending;
+    private bool _sending;
+    private bool _closeFrameDone;
+    private bool _closeArmed; // a close was requested and its code and reason are set
+    private bool _sendFailed;
+    private TaskCompletionSource? _senderIdle;
     private readonly ConnectionSettings _settings;
     private readonly SwitchboardMetrics _metrics;
     private readonly ILogger _logger;
@@ -37,7 +48,6 @@ public sealed partial class WsConnection
     private long _lastSeen;
     private long _lastPing;
     private int _closeRequested;
-    private volatile bool _discardQueue;
     private int _closeCode = CloseCodes.Normal;
     private string _closeReason = "";
     private int _finished;
@@ -59,12 +69,6 @@ public sealed partial class WsConnection
         _lastSeen = _lastPing = time.GetTimestamp();
         // When a close does not complete within its timeout, abort the socket so both loops end.
         _sendCancellation.Token.Register(static s => ((WebSocket)s!).Abort(), socket);
-        _queue = Channel.CreateBounded<OutboundFrame>(new BoundedChannelOptions(settings.MaxQueuedMessages)
-        {
-            SingleReader = true,
-            SingleWriter = false,
-            FullMode = BoundedChannelFullMode.Wait, // never waited on: TryWrite fails instead and the consumer is closed
-        });
     }
 
     /// <summary>Random id, unique per process; clients see it in <c>welcome</c> and may pass it as <c>excludeConnection</c>.</summary>
@@ -94,28 +98,54 @@ public sealed partial class WsConnection
     /// <summary>The close code that ended (or is ending) the connection.</summary>
     public int CloseCode => _closeCode;
 
-    internal long QueuedBytes => Interlocked.Read(ref _queuedBytes);
+    /// <summary>Bytes waiting behind the send in flight (0 while sends keep up).</summary>
+    internal long QueuedBytes => Volatile.Read(ref _queuedBytes);
 
     /// <summary>
-    /// Queues a frame. Never blocks. Returns false when the connection is closing or its queue is full; in the latter
-    /// case the connection is closed with <see cref="CloseCodes.SlowConsumer"/>.
+    /// Sends or queues a frame. Never blocks. Returns false when the connection is closing or its queue is full; in the
+    /// latter case the connection is closed with <see cref="CloseCodes.SlowConsumer"/>.
     /// </summary>
     public bool TrySend(in OutboundFrame frame)
     {
         if (_closeRequested != 0)
             return false;
-        var bytes = Interlocked.Add(ref _queuedBytes, frame.Payload.Length);
-        if (bytes > _settings.MaxQueuedBytes || !_queue.Writer.TryWrite(frame))
+        long overflowBytes;
+        lock (_sendLock)
         {
-            Interlocked.Add(ref _queuedBytes, -frame.Payload.Length);
+            if (_sendFailed || _closeRequested != 0)
+                return false;
+            if (!_sending)
+            {
+                _sending = true; // this caller becomes the sender
+                overflowBytes = -1;
+            }
+            else
+            {
+                var queue = _pending ??= new Queue<OutboundFrame>();
+                var bytes = _queuedBytes + frame.Payload.Length;
+                if (queue.Count >= _settings.MaxQueuedMessages || bytes > _settings.MaxQueuedBytes)
+                {
+                    overflowBytes = bytes;
+                }
+                else
+                {
+                    queue.Enqueue(frame);
+                    Volatile.Write(ref _queuedBytes, bytes);
+                    return true;
+                }
+            }
+        }
+        if (overflowBytes >= 0)
+        {
             if (_closeRequested == 0)
             {
                 _metrics.SlowConsumer(Endpoint);
-                Log.SlowConsumer(_logger, Id, Endpoint, bytes);
+                Log.SlowConsumer(_logger, Id, Endpoint, overflowBytes);
                 Close(CloseCodes.SlowConsumer, "slow consumer: outbound queue full", drain: false);
             }
             return false;
         }
+        SendFrom(frame);
         return true;
     }
 
@@ -134,8 +164,23 @@ public sealed partial class WsConnection
             return;
         _closeCode = code;
         _closeReason = TruncateUtf8(reason, 123); // RFC 6455: the close reason is at most 123 bytes of UTF-8
-        _discardQueue = !drain;
-        _queue.Writer.TryComplete();
+        var startClose = false;
+        lock (_sendLock)
+        {
+            _closeArmed = true;
+            if (!drain && _pending is { Count: > 0 })
+            {
+                _pending.Clear();
+                Volatile.Write(ref _queuedBytes, 0);
+            }
+            if (!_sending && !_closeFrameDone)
+            {
+                _sending = true; // no send in flight: the close frame goes now; otherwise the active sender sends it
+                startClose = true;
+            }
+        }
+        if (startClose)
+            _ = SendCloseFrameAsync();
         try
         {
             _sendCancellation.CancelAfter(_settings.CloseTimeout);
@@ -148,16 +193,15 @@ public sealed partial class WsConnection
     /// <summary>Runs the read and write loops until the connection ends. Exceptions of the handler close the connection (1008 or 1011).</summary>
     public async Task RunAsync(MessageHandler handler, CancellationToken cancellationToken)
     {
-        var writer = WriteLoopAsync();
         try
         {
             await ReadLoopAsync(handler, cancellationToken);
         }
         finally
         {
-            // The read side is over: the peer closed, we closed, or the socket failed. Make sure the writer finishes.
+            // The read side is over: the peer closed, we closed, or the socket failed. Make sure the sender finishes.
             Close(_closeCode, _closeReason, drain: false);
-            await writer;
+            await SenderIdleAsync();
             Finish();
         }
     }
@@ -165,12 +209,12 @@ public sealed partial class WsConnection
     /// <summary>For a connection refused after the upgrade (bad token, limits): send the close frame and end.</summary>
     internal async Task RejectAsync(int code, string reason)
     {
-        Close(code, reason, drain: false);
+        Close(code, reason, drain: false); // sends the close frame (bounded by the close timeout)
         try
         {
-            using var timeout = new CancellationTokenSource(_settings.CloseTimeout);
-            await _socket.CloseOutputAsync((WebSocketCloseStatus)code, _closeReason, timeout.Token);
+            await SenderIdleAsync();
             // Wait briefly for the peer's close frame so the TCP connection ends cleanly.
+            using var timeout = new CancellationTokenSource(_settings.CloseTimeout);
             var scratch = new byte[256];
             while (_socket.State == WebSocketState.CloseSent)
             {
@@ -335,43 +379,160 @@ public sealed partial class WsConnection
         }
     }
 
-    private async Task WriteLoopAsync()
+    // The sender: writes `frame`, then whatever queued up meanwhile, synchronously while sends complete synchronously.
+    // Called by the one caller that set _sending.
+    private void SendFrom(OutboundFrame frame)
     {
-        await Task.Yield();
-        var reader = _queue.Reader;
-        var token = _sendCancellation.Token;
-        try
+        var sent = 0;
+        while (true)
         {
-            while (await reader.WaitToReadAsync(CancellationToken.None))
+            ValueTask send;
+            try
             {
-                var sent = 0;
-                while (!_discardQueue && reader.TryRead(out var frame))
-                {
-                    // No token per send (registering one costs an allocation per message): a close that does not
-                    // finish in time aborts the socket through _sendCancellation's registration instead.
-                    await _socket.SendAsync(frame.Payload, frame.Type, endOfMessage: true, CancellationToken.None);
-                    Interlocked.Add(ref _queuedBytes, -frame.Payload.Length);
-                    sent++;
-                    if (_metrics.DeliveryDurationEnabled)
-                        _metrics.DeliveryDuration(frame.EnqueuedTimestamp);
-                }
+                // No token per send (registering one costs an allocation per message): a close that does not finish
+                // in time aborts the socket through _sendCancellation's registration instead.
+                send = _socket.SendAsync(frame.Payload, frame.Type, endOfMessage: true, CancellationToken.None);
+            }
+            catch (Exception ex)
+            {
+                OnSendFailed(ex, sent);
+                return;
+            }
+            if (!send.IsCompletedSuccessfully)
+            {
                 if (sent > 0)
                     _metrics.MessagesSent(Endpoint, sent);
-                if (_discardQueue)
-                    break;
+                _ = ContinueSendingAsync(send, frame);
+                return;
             }
+            OnSent(frame);
+            sent++;
+            if (!TryTakeNext(out frame, sent))
+                return;
+        }
+    }
+
+    // The asynchronous continuation of the sender after a send that did not complete at once (backpressure).
+    private async Task ContinueSendingAsync(ValueTask pending, OutboundFrame frame)
+    {
+        var sent = 0;
+        try
+        {
+            await pending;
+            while (true)
+            {
+                OnSent(frame);
+                sent++;
+                if (!TryTakeNext(out frame, sent))
+                    return;
+                await _socket.SendAsync(frame.Payload, frame.Type, endOfMessage: true, CancellationToken.None);
+            }
+        }
+        catch (Exception ex)
+        {
+            OnSendFailed(ex, sent);
+        }
+    }
+
+    private void OnSent(in OutboundFrame frame)
+    {
+        if (_metrics.DeliveryDurationEnabled)
+            _metrics.DeliveryDuration(frame.EnqueuedTimestamp);
+    }
+
+    // Next queued frame for the sender, or false after handing off: to the close frame when a close was requested,
+    // else to nobody (the sender role is released; the next TrySend sends inline again).
+    private bool TryTakeNext(out OutboundFrame frame, int sent)
+    {
+        TaskCompletionSource? idle = null;
+        var startClose = false;
+        lock (_sendLock)
+        {
+            if (_pending is { Count: > 0 } queue)
+            {
+                frame = queue.Dequeue();
+                Volatile.Write(ref _queuedBytes, _queuedBytes - frame.Payload.Length);
+                return true;
+            }
+            frame = default;
+            if (_closeArmed && !_closeFrameDone)
+            {
+                startClose = true; // keep _sending: the close frame follows the last queued frame
+            }
+            else
+            {
+                _sending = false;
+                idle = _senderIdle;
+                _senderIdle = null;
+            }
+        }
+        if (sent > 0)
+            _metrics.MessagesSent(Endpoint, sent);
+        if (startClose)
+            _ = SendCloseFrameAsync();
+        idle?.TrySetResult();
+        return false;
+    }
+
+    private async Task SendCloseFrameAsync()
+    {
+        try
+        {
             if (_socket.State is WebSocketState.Open or WebSocketState.CloseReceived)
-                await _socket.CloseOutputAsync((WebSocketCloseStatus)SafeCode(_closeCode), _closeReason, token);
+                await _socket.CloseOutputAsync((WebSocketCloseStatus)SafeCode(_closeCode), _closeReason, _sendCancellation.Token);
         }
         catch (Exception ex) when (ex is WebSocketException or OperationCanceledException or IOException or ObjectDisposedException)
         {
-            // Peer gone, or the close did not finish within the timeout: abort below.
+            // Peer gone, or the close did not finish within the timeout.
             _socket.Abort();
         }
         catch (Exception ex)
         {
             Log.WriterFailed(_logger, ex, Id, Endpoint);
             _socket.Abort();
+        }
+        TaskCompletionSource? idle;
+        lock (_sendLock)
+        {
+            _closeFrameDone = true;
+            _sending = false;
+            idle = _senderIdle;
+            _senderIdle = null;
+        }
+        idle?.TrySetResult();
+    }
+
+    private void OnSendFailed(Exception ex, int sent)
+    {
+        if (ex is not (WebSocketException or OperationCanceledException or IOException or ObjectDisposedException))
+            Log.WriterFailed(_logger, ex, Id, Endpoint);
+        // Peer gone, or a close that did not finish in time aborted the socket: nothing more can be sent.
+        _socket.Abort();
+        if (sent > 0)
+            _metrics.MessagesSent(Endpoint, sent);
+        TaskCompletionSource? idle;
+        lock (_sendLock)
+        {
+            _sendFailed = true;
+            _closeFrameDone = true;
+            _pending = null;
+            Volatile.Write(ref _queuedBytes, 0);
+            _sending = false;
+            idle = _senderIdle;
+            _senderIdle = null;
+        }
+        idle?.TrySetResult();
+    }
+
+    // Completes when no send is in flight and, once a close was requested, the close frame was handled.
+    private Task SenderIdleAsync()
+    {
+        lock (_sendLock)
+        {
+            if (!_sending && (_closeFrameDone || !_closeArmed))
+                return Task.CompletedTask;
+            _senderIdle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _senderIdle.Task;
         }
     }
 
