@@ -209,6 +209,35 @@ public sealed class EnvironmentClusterTests(PostgresFixture fixture) : IClassFix
         Assert.Equal("node-3", (await c.CreateShAsync("orphan", "sleep 60")).GetProperty("node").GetString());
     }
 
+    [Fact]
+    public async Task A_node_restarted_with_its_id_gets_its_environments_back_and_a_new_node_does_not_take_them()
+    {
+        await using var cluster = await TestCluster.StartAsync(fixture, 2);
+        var a = cluster[0];
+        var id = (await a.CreateShAsync("comeback", "echo hello; exec sleep 60")).GetProperty("id").GetString()!;
+        await WaitUntilAsync(async () => (await a.GetEnvAsync(id)).GetProperty("lastSeq").GetInt64() >= 1, "the first line");
+        await Task.Delay(500); // let the persister write it
+        cluster.Nodes.Remove(a);
+        await a.DisposeAsync();
+
+        // A node that starts now loads only its own environments (none).
+        cluster.Nodes.Add(await TestCluster.StartNodeAsync(cluster.ConnectionString, "node-3"));
+        var c = cluster.Nodes[^1];
+        Assert.Null(await Manager(c).FindAsync(id));
+        Assert.Equal("unavailable", Assert.Single(await ListAsync(c)).GetProperty("status").GetString());
+
+        // node-1 comes back: it loads its environment (stopped, as after any restart) and every node routes to it again.
+        cluster.Nodes.Add(await TestCluster.StartNodeAsync(cluster.ConnectionString, "node-1"));
+        var again = Assert.Single(await ListAsync(c));
+        Assert.Equal("stopped", again.GetProperty("status").GetString());
+        Assert.Equal("node-1", again.GetProperty("node").GetString());
+        using (var start = await c.Api.PostAsync($"api/v1/environments/{id}/start", null))
+            Assert.Equal(HttpStatusCode.OK, start.StatusCode);
+        await using var logs = await cluster[0].ConnectEnvAsync(id, "logs");
+        var lines = await logs.ReadLinesUntilAsync(l => l.Count >= 2);
+        Assert.Equal([(1L, "hello"), (2L, "hello")], lines.Select(l => (l.Seq, l.Message)));
+    }
+
     private static EnvironmentManager Manager(TestGateway node) => node.Services.GetRequiredService<EnvironmentManager>();
 
     private static async Task<List<JsonElement>> ListAsync(TestGateway node)
