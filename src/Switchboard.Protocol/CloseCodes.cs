@@ -45,6 +45,12 @@ public static class CloseCodes
     /// <summary>A limit was exceeded (connections per user or per resource, subscriptions). Retry after a delay.</summary>
     public const int TooManyRequests = 4429;
 
+    /// <summary>
+    /// Several nodes: the node that runs the environment is gone (expired from the node registry; its process ended
+    /// with it) or cannot be reached. Do not retry as is: delete or recreate the environment, or wait for that node.
+    /// </summary>
+    public const int NodeUnavailable = 4503;
+
     /// <summary>True when a client should reconnect after this close code.</summary>
     public static bool ShouldReconnect(int code) => code switch
     {

@@ -29,6 +29,41 @@ public sealed class PostgresStoreTests(PostgresFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task Adding_the_environment_owner_keeps_existing_rows_when_nodes_start_at_once()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        // A database of the previous version: every migration but the owner column, and an environment in it.
+        var old = PostgresServiceCollectionExtensions.AllMigrations.Where(m => m.Id != "environments-002").ToList();
+        await using (var first = new PostgresDatabase(cs))
+        {
+            await first.MigrateAsync(old, default);
+            await using var connection = await first.OpenAsync(default);
+            await PostgresDatabase.ExecAsync(connection,
+                "INSERT INTO environments (id, name, driver, command, args, cwd, env, image, created_at) VALUES ('e_old', 'old', 'process', '/bin/true', '[]', NULL, '{}', NULL, 1700000000000)",
+                default);
+        }
+        var nodes = Enumerable.Range(0, 4).Select(_ => new PostgresDatabase(cs)).ToList();
+        try
+        {
+            await Task.WhenAll(nodes.Select(n => n.MigrateAsync(PostgresServiceCollectionExtensions.AllMigrations, default)));
+            var stores = nodes.Select(n => new Environments.PostgresEnvironmentStore(n)).ToList();
+            var before = await stores[0].GetAsync("e_old", default);
+            Assert.NotNull(before);
+            Assert.Equal("old", before.Name);
+            Assert.Null(before.NodeId);
+            // Every node loading it at once tries to claim it; one does.
+            var claims = await Task.WhenAll(stores.Select((s, i) => s.SetOwnerAsync("e_old", "node-" + i, null, default).AsTask()));
+            Assert.Single(claims, c => c);
+            Assert.NotNull((await stores[3].GetAsync("e_old", default))!.NodeId);
+        }
+        finally
+        {
+            foreach (var n in nodes)
+                await n.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task Appends_from_several_nodes_get_strictly_increasing_gapless_offsets()
     {
         var cs = await fixture.CreateSchemaAsync();

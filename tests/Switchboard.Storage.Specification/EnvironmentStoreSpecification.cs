@@ -8,9 +8,9 @@ public abstract class EnvironmentStoreSpecification
 {
     protected abstract Task<IEnvironmentStore> CreateStoreAsync();
 
-    private static EnvironmentRecord Env(string id, string name) =>
+    private static EnvironmentRecord Env(string id, string name, string? node = null) =>
         new(id, name, "process", "/bin/sh", ["-c", "echo hi"], "/tmp", new Dictionary<string, string> { ["A"] = "1", ["B"] = "two" }, null,
-            DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_000));
+            DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_000), node);
 
     private static LogRecord[] Lines(long from, long to) =>
         [.. Enumerable.Range((int)from, (int)(to - from + 1)).Select(i => new LogRecord(i, DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_000 + i), (byte)(i % 2 == 0 ? 2 : 1), "line " + i))];
@@ -36,6 +36,42 @@ public abstract class EnvironmentStoreSpecification
         Assert.True(await store.DeleteAsync("e1", default));
         Assert.False(await store.DeleteAsync("e1", default));
         Assert.Null(await store.GetAsync("e1", default));
+    }
+
+    [Fact]
+    public async Task The_owner_node_is_stored_and_found_by_id_and_name()
+    {
+        var store = await CreateStoreAsync();
+        Assert.True(await store.CreateAsync(Env("e1", "one", "node-a"), default));
+        Assert.True(await store.CreateAsync(Env("e2", "two"), default));
+        Assert.Equal("node-a", (await store.GetAsync("e1", default))!.NodeId);
+        Assert.Null((await store.GetAsync("e2", default))!.NodeId);
+        var byName = await store.GetByNameAsync("one", default);
+        Assert.NotNull(byName);
+        Assert.Equal("e1", byName.Id);
+        Assert.Equal("node-a", byName.NodeId);
+        Assert.Null(await store.GetByNameAsync("e1", default)); // an id is not a name
+        Assert.Null(await store.GetByNameAsync("missing", default));
+        Assert.Equal(["node-a", null], (await store.ListAsync(default)).Select(e => e.NodeId));
+    }
+
+    [Fact]
+    public async Task Owner_changes_are_compare_and_set()
+    {
+        var store = await CreateStoreAsync();
+        await store.CreateAsync(Env("e1", "one", "node-a"), default);
+        await store.CreateAsync(Env("e2", "two"), default);
+        Assert.False(await store.SetOwnerAsync("e1", "node-b", "node-c", default)); // not the current owner
+        Assert.False(await store.SetOwnerAsync("e1", "node-b", null, default));
+        Assert.Equal("node-a", (await store.GetAsync("e1", default))!.NodeId);
+        Assert.True(await store.SetOwnerAsync("e1", "node-b", "node-a", default));
+        Assert.Equal("node-b", (await store.GetAsync("e1", default))!.NodeId);
+        Assert.False(await store.SetOwnerAsync("missing", "node-b", null, default));
+
+        // Several nodes claiming an environment without owner at once: exactly one wins.
+        var claims = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => store.SetOwnerAsync("e2", "node-" + i, null, default).AsTask()));
+        Assert.Single(claims, c => c);
+        Assert.Equal("node-" + Array.IndexOf(claims, true), (await store.GetAsync("e2", default))!.NodeId);
     }
 
     [Fact]

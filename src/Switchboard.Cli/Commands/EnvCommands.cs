@@ -119,11 +119,11 @@ internal static partial class EnvCommands
         ls.SetAction((parse, ct) => RunAsync(async () =>
         {
             using var client = Client(parse, lsUrl, lsToken, lsData);
-            Console.WriteLine("NAME\tID\tSTATUS\tPID\tLAST SEQ\tCOMMAND");
+            Console.WriteLine("NAME\tID\tSTATUS\tPID\tLAST SEQ\tNODE\tCOMMAND");
             foreach (var e in await client.ListAsync(ct))
             {
                 var status = e.Status == EnvironmentStatus.Exited ? $"exited({e.ExitCode})" : e.Status;
-                Console.WriteLine($"{e.Name}\t{e.Id}\t{status}\t{e.Pid?.ToString(CultureInfo.InvariantCulture) ?? "-"}\t{e.LastSeq}\t{e.Command} {string.Join(' ', e.Args)}");
+                Console.WriteLine($"{e.Name}\t{e.Id}\t{status}\t{e.Pid?.ToString(CultureInfo.InvariantCulture) ?? "-"}\t{e.LastSeq}\t{e.Node ?? "-"}\t{e.Command} {string.Join(' ', e.Args)}");
             }
             return 0;
         }));

@@ -13,7 +13,7 @@ public sealed record CreateEnvironmentRequest(
     string? Image,
     bool? Start);
 
-/// <summary>An environment as the REST API returns it.</summary>
+/// <summary>An environment as the REST API returns it. <see cref="Node"/> is the id of the node that runs it.</summary>
 public sealed record EnvironmentInfo(
     string Id,
     string Name,
@@ -31,7 +31,8 @@ public sealed record EnvironmentInfo(
     DateTimeOffset CreatedAt,
     DateTimeOffset? StartedAt,
     DateTimeOffset? FinishedAt,
-    string? Error);
+    string? Error,
+    string? Node = null);
 
 /// <summary>Body of <c>GET /api/v1/environments</c>.</summary>
 public sealed record EnvironmentList(IReadOnlyList<EnvironmentInfo> Environments);
@@ -44,6 +45,9 @@ public static class EnvironmentStatus
     public const string Stopped = "stopped";
     public const string Exited = "exited";
     public const string Failed = "failed";
+
+    /// <summary>Several nodes: the node that runs the environment is gone (its process ended with it) or cannot be reached.</summary>
+    public const string Unavailable = "unavailable";
 }
 
 /// <summary>

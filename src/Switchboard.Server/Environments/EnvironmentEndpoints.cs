@@ -21,6 +21,7 @@ public static class EnvironmentEndpoints
     {
         services.AddOptions<EnvironmentOptions>().BindConfiguration(EnvironmentOptions.Section).ValidateDataAnnotations();
         services.AddSingleton<EnvironmentManager>();
+        services.AddSingleton<EnvironmentRouter>();
         services.AddHostedService(sp => sp.GetRequiredService<EnvironmentManager>());
         return services;
     }
@@ -31,14 +32,15 @@ public static class EnvironmentEndpoints
         api.MapPost("", CreateAsync);
         api.MapGet("", ListAsync);
         api.MapGet("/{id}", GetAsync);
-        api.MapPost("/{id}/start", (string id, HttpContext c, RequestAuth a, EnvironmentManager m) => ActionAsync(id, c, a, m, (e, ct) => e.StartAsync(ct)));
-        api.MapPost("/{id}/stop", (string id, HttpContext c, RequestAuth a, EnvironmentManager m) => ActionAsync(id, c, a, m, (e, ct) => e.StopAsync(ct)));
-        api.MapPost("/{id}/restart", (string id, HttpContext c, RequestAuth a, EnvironmentManager m) => ActionAsync(id, c, a, m, (e, ct) => e.RestartAsync(ct)));
+        api.MapPost("/{id}/start", (string id, HttpContext c, RequestAuth a, EnvironmentManager m, EnvironmentRouter r) => ActionAsync(id, c, a, m, r, (e, ct) => e.StartAsync(ct)));
+        api.MapPost("/{id}/stop", (string id, HttpContext c, RequestAuth a, EnvironmentManager m, EnvironmentRouter r) => ActionAsync(id, c, a, m, r, (e, ct) => e.StopAsync(ct)));
+        api.MapPost("/{id}/restart", (string id, HttpContext c, RequestAuth a, EnvironmentManager m, EnvironmentRouter r) => ActionAsync(id, c, a, m, r, (e, ct) => e.RestartAsync(ct)));
         api.MapDelete("/{id}", DeleteAsync);
 
-        app.Map("/api/v1/ws/environments/{id}/logs", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m) => WebSocketAsync(id, "logs", c, a, m));
-        app.Map("/api/v1/ws/environments/{id}/terminal", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m) => WebSocketAsync(id, "terminal", c, a, m));
-        app.Map("/api/v1/ws/environments/{id}/status", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m) => WebSocketAsync(id, "status", c, a, m));
+        // An environment run by another node is routed there (EnvironmentRouter) before anything else happens here.
+        app.Map("/api/v1/ws/environments/{id}/logs", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m, EnvironmentRouter r) => WebSocketAsync(id, "logs", c, a, m, r));
+        app.Map("/api/v1/ws/environments/{id}/terminal", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m, EnvironmentRouter r) => WebSocketAsync(id, "terminal", c, a, m, r));
+        app.Map("/api/v1/ws/environments/{id}/status", (string id, HttpContext c, WsAcceptor a, EnvironmentManager m, EnvironmentRouter r) => WebSocketAsync(id, "status", c, a, m, r));
         return app;
     }
 
@@ -76,13 +78,17 @@ public static class EnvironmentEndpoints
         return Info(environment, 201);
     }
 
-    private static async Task<IResult> ListAsync(HttpContext context, RequestAuth auth, EnvironmentManager manager)
+    private static async Task<IResult> ListAsync(HttpContext context, RequestAuth auth, EnvironmentManager manager, EnvironmentRouter router)
     {
         var validation = await auth.AuthenticateAsync(context.Request);
         if (validation.Grants is not { } grants)
             return ApiResults.Unauthorized(validation.Error ?? "unauthorized");
         await manager.FindAsync("");
         var list = manager.All.Where(e => CanAccess(grants, e)).Select(e => e.ToInfo()).ToList();
+        // Several nodes: every other node's environments too (each node answers for its own; see EnvironmentRouter).
+        var others = await router.ListOthersAsync(context, grants);
+        if (others.Count > 0)
+            list = [.. list.Concat(others).OrderBy(e => e.CreatedAt).ThenBy(e => e.Id, StringComparer.Ordinal)];
         return Results.Json(new EnvironmentList(list), EnvironmentsJsonContext.Default.EnvironmentList);
     }
 
@@ -99,15 +105,19 @@ public static class EnvironmentEndpoints
         return (environment, null);
     }
 
-    private static async Task<IResult> GetAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager)
+    private static async Task<IResult> GetAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager, EnvironmentRouter router)
     {
+        if (await router.TryRouteAsync(id, context, delete: false) is { } routed)
+            return routed;
         var (environment, error) = await ResolveAsync(id, context, auth, manager);
         return error ?? Info(environment!);
     }
 
-    private static async Task<IResult> ActionAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager,
+    private static async Task<IResult> ActionAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager, EnvironmentRouter router,
         Func<ManagedEnvironment, CancellationToken, Task> action)
     {
+        if (await router.TryRouteAsync(id, context, delete: false) is { } routed)
+            return routed;
         var (environment, error) = await ResolveAsync(id, context, auth, manager);
         if (error is not null)
             return error;
@@ -116,8 +126,10 @@ public static class EnvironmentEndpoints
         return Info(environment!);
     }
 
-    private static async Task<IResult> DeleteAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager)
+    private static async Task<IResult> DeleteAsync(string id, HttpContext context, RequestAuth auth, EnvironmentManager manager, EnvironmentRouter router)
     {
+        if (await router.TryRouteAsync(id, context, delete: true) is { } routed)
+            return routed;
         var (environment, error) = await ResolveAsync(id, context, auth, manager);
         if (error is not null)
             return error;
@@ -125,8 +137,10 @@ public static class EnvironmentEndpoints
         return Results.NoContent();
     }
 
-    private static async Task WebSocketAsync(string id, string kind, HttpContext context, WsAcceptor acceptor, EnvironmentManager manager)
+    private static async Task WebSocketAsync(string id, string kind, HttpContext context, WsAcceptor acceptor, EnvironmentManager manager, EnvironmentRouter router)
     {
+        if (await router.TryRouteWebSocketAsync(id, context, acceptor, kind))
+            return;
         var connection = await acceptor.AcceptAsync(context, "env-" + kind);
         if (connection is null)
             return;

@@ -5,16 +5,20 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Switchboard.Protocol.Environments;
+using Switchboard.Server.Nodes;
 using Switchboard.Server.Storage;
 
 namespace Switchboard.Server.Environments;
 
 /// <summary>
 /// Every environment of this node. Loads definitions at start-up, writes queued output lines to the store in
-/// batches, and at shutdown stops every workload so no process outlives the gateway.
+/// batches, and at shutdown stops every workload so no process outlives the gateway. With several nodes on one store
+/// each environment belongs to the node that created it (<see cref="EnvironmentRecord.NodeId"/>); this node loads and
+/// runs only its own, and finds the others' definitions with <see cref="LocateAsync"/> to route to their node.
 /// </summary>
 internal sealed partial class EnvironmentManager(
     IEnvironmentStore store,
+    INodeRegistry nodes,
     IMessageBus bus,
     IOptions<EnvironmentOptions> options,
     TimeProvider time,
@@ -32,6 +36,29 @@ internal sealed partial class EnvironmentManager(
     public TimeProvider Time => time;
 
     public IEnumerable<ManagedEnvironment> All => _byId.Values.OrderBy(e => e.Record.CreatedAt);
+
+    /// <summary>This node's id: the owner recorded on the environments it creates.</summary>
+    public string NodeId => nodes.NodeId;
+
+    /// <summary>
+    /// The stored definition of an environment by id, else by name, whichever node runs it; null when there is none.
+    /// Used for environments this node does not run (see <see cref="FindAsync"/> for its own).
+    /// </summary>
+    public async ValueTask<EnvironmentRecord?> LocateAsync(string idOrName, CancellationToken cancellationToken) =>
+        await store.GetAsync(idOrName, cancellationToken) ?? await store.GetByNameAsync(idOrName, cancellationToken);
+
+    /// <summary>Every stored definition, of every node.</summary>
+    public ValueTask<IReadOnlyList<EnvironmentRecord>> ListRecordsAsync(CancellationToken cancellationToken) => store.ListAsync(cancellationToken);
+
+    /// <summary>
+    /// Deletes the definition and lines of an environment whose node is gone (nothing runs it any more), from any node.
+    /// False when it was deleted meanwhile.
+    /// </summary>
+    public async Task<bool> DeleteUnavailableAsync(EnvironmentRecord record, CancellationToken cancellationToken)
+    {
+        await _loaded.Task;
+        return !_byId.ContainsKey(record.Id) && await store.DeleteAsync(record.Id, cancellationToken);
+    }
 
     /// <summary>Finds by id, else by name.</summary>
     public async ValueTask<ManagedEnvironment?> FindAsync(string idOrName)
@@ -63,7 +90,7 @@ internal sealed partial class EnvironmentManager(
             return (null, "env keys must be non-empty and contain no '=' or NUL", false);
         var id = "env_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
         var record = new EnvironmentRecord(id, request.Name!, driver, request.Command, request.Args ?? [], string.IsNullOrEmpty(request.Cwd) ? null : request.Cwd,
-            request.Env ?? new Dictionary<string, string>(), request.Image, time.GetUtcNow());
+            request.Env ?? new Dictionary<string, string>(), request.Image, time.GetUtcNow(), nodes.NodeId);
         ManagedEnvironment environment;
         await _createGate.WaitAsync(cancellationToken);
         try
@@ -117,7 +144,20 @@ internal sealed partial class EnvironmentManager(
         try
         {
             foreach (var record in await store.ListAsync(stoppingToken))
-                _byId[record.Id] = New(record, await store.LastSeqAsync(record.Id, stoppingToken));
+            {
+                var own = record;
+                if (record.NodeId != nodes.NodeId)
+                {
+                    // One node (its id may change at every start): every environment is its own. Several nodes: another
+                    // node's environments stay there; one without owner (stored by an older version) is claimed by the
+                    // first node to load it — a compare-and-set, so nodes starting at once never both run it.
+                    var claim = nodes is SingleNodeRegistry || record.NodeId is null;
+                    if (!claim || !await store.SetOwnerAsync(record.Id, nodes.NodeId, record.NodeId, stoppingToken))
+                        continue;
+                    own = record with { NodeId = nodes.NodeId };
+                }
+                _byId[record.Id] = New(own, await store.LastSeqAsync(record.Id, stoppingToken));
+            }
             // Before anything can start an environment (requests wait for loading), so a new container is never removed.
             using var cleanup = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
             cleanup.CancelAfter(TimeSpan.FromSeconds(10));

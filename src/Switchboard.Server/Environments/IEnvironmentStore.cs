@@ -1,6 +1,10 @@
 namespace Switchboard.Server.Environments;
 
-/// <summary>The definition of an environment as stored.</summary>
+/// <summary>
+/// The definition of an environment as stored. <see cref="NodeId"/> is the node that runs it (its owner): only that
+/// node starts its workload, writes its lines and serves its connections; the others route to it. Null in rows written
+/// before owners were recorded (the first node to load such a row claims it).
+/// </summary>
 public sealed record EnvironmentRecord(
     string Id,
     string Name,
@@ -10,7 +14,8 @@ public sealed record EnvironmentRecord(
     string? Cwd,
     IReadOnlyDictionary<string, string> Env,
     string? Image,
-    DateTimeOffset CreatedAt);
+    DateTimeOffset CreatedAt,
+    string? NodeId = null);
 
 /// <summary>One stored output line. <see cref="Stream"/> is 1 for stdout, 2 for stderr.</summary>
 public sealed record LogRecord(long Seq, DateTimeOffset Timestamp, byte Stream, string Message);
@@ -22,6 +27,16 @@ public interface IEnvironmentStore
     ValueTask<bool> CreateAsync(EnvironmentRecord environment, CancellationToken cancellationToken);
 
     ValueTask<EnvironmentRecord?> GetAsync(string id, CancellationToken cancellationToken);
+
+    /// <summary>The definition named <paramref name="name"/> (names are unique across every node), or null.</summary>
+    ValueTask<EnvironmentRecord?> GetByNameAsync(string name, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Moves an environment to node <paramref name="nodeId"/> if its owner is still <paramref name="expectedNodeId"/>
+    /// (null: no owner recorded). Atomic compare-and-set: when several nodes claim the same environment at once, exactly
+    /// one succeeds. False when the environment does not exist or its owner is not the expected one.
+    /// </summary>
+    ValueTask<bool> SetOwnerAsync(string id, string nodeId, string? expectedNodeId, CancellationToken cancellationToken);
 
     ValueTask<IReadOnlyList<EnvironmentRecord>> ListAsync(CancellationToken cancellationToken);
 

@@ -92,7 +92,7 @@ internal sealed partial class ManagedEnvironment
     public long DroppedLines => Interlocked.Read(ref _dropped);
 
     public EnvironmentInfo ToInfo() => new(Record.Id, Record.Name, Record.Driver, Record.Command, Record.Args, Record.Cwd, Record.Env, Record.Image,
-        Status, ExitCode, Status == EnvironmentStatus.Running ? Pid : null, LastSeq, DroppedLines, Record.CreatedAt, StartedAt, FinishedAt, Error);
+        Status, ExitCode, Status == EnvironmentStatus.Running ? Pid : null, LastSeq, DroppedLines, Record.CreatedAt, StartedAt, FinishedAt, Error, Record.NodeId);
 
     public StatusMessage StatusMessage() => new("status", Status, ExitCode, Error, _time.GetUtcNow());
 

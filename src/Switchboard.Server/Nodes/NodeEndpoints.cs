@@ -17,6 +17,7 @@ public static class NodeEndpoints
         services.AddOptions<NodeOptions>().BindConfiguration(NodeOptions.Section);
         services.TryAddSingleton<INodeRegistry, SingleNodeRegistry>();
         services.TryAddSingleton<BusMetrics>();
+        services.TryAddSingleton<NodeRelay>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IBusCatchUp, ChannelCatchUp>());
         return services;
     }

@@ -17,13 +17,19 @@ public sealed class PostgresEnvironmentStore(PostgresDatabase db) : IEnvironment
             CREATE TABLE environment_logs (env_id text NOT NULL, seq bigint NOT NULL, ts bigint NOT NULL, stream smallint NOT NULL, message text NOT NULL,
                 PRIMARY KEY (env_id, seq));
             """),
+        // The owner node. Nullable, no default: adding it does not rewrite the table, and rows of older versions stay
+        // without owner until a node claims them (SetOwnerAsync, compare-and-set) when it loads them.
+        new("environments-002", """
+            ALTER TABLE environments ADD COLUMN IF NOT EXISTS node_id text;
+            CREATE INDEX IF NOT EXISTS ix_environments_node ON environments (node_id);
+            """),
     ];
 
     public async ValueTask<bool> CreateAsync(EnvironmentRecord e, CancellationToken cancellationToken)
     {
         await using var connection = await db.OpenAsync(cancellationToken);
         await using var cmd = new NpgsqlCommand("""
-            INSERT INTO environments (id, name, driver, command, args, cwd, env, image, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            INSERT INTO environments (id, name, driver, command, args, cwd, env, image, created_at, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             ON CONFLICT DO NOTHING
             """, connection)
         {
@@ -36,7 +42,25 @@ public sealed class PostgresEnvironmentStore(PostgresDatabase db) : IEnvironment
                 new() { Value = JsonSerializer.Serialize(e.Env, EnvironmentsJsonContext.Default.IReadOnlyDictionaryStringString) },
                 Text(e.Image),
                 new() { Value = e.CreatedAt.ToUnixTimeMilliseconds() },
+                Text(e.NodeId),
             },
+        };
+        return await cmd.ExecuteNonQueryAsync(cancellationToken) == 1;
+    }
+
+    public async ValueTask<EnvironmentRecord?> GetByNameAsync(string name, CancellationToken cancellationToken)
+    {
+        var list = await QueryAsync("WHERE name = $1", name, cancellationToken);
+        return list.Count > 0 ? list[0] : null;
+    }
+
+    public async ValueTask<bool> SetOwnerAsync(string id, string nodeId, string? expectedNodeId, CancellationToken cancellationToken)
+    {
+        await using var connection = await db.OpenAsync(cancellationToken);
+        // One conditional UPDATE: the row lock makes concurrent claims serialize, and only the first still matches.
+        await using var cmd = new NpgsqlCommand("UPDATE environments SET node_id = $2 WHERE id = $1 AND node_id IS NOT DISTINCT FROM $3", connection)
+        {
+            Parameters = { new() { Value = id }, new() { Value = nodeId }, Text(expectedNodeId) },
         };
         return await cmd.ExecuteNonQueryAsync(cancellationToken) == 1;
     }
@@ -141,7 +165,7 @@ public sealed class PostgresEnvironmentStore(PostgresDatabase db) : IEnvironment
     private async Task<List<EnvironmentRecord>> QueryAsync(string where, string? id, CancellationToken cancellationToken)
     {
         await using var connection = await db.OpenAsync(cancellationToken);
-        await using var q = new NpgsqlCommand("SELECT id, name, driver, command, args, cwd, env, image, created_at FROM environments " + where, connection);
+        await using var q = new NpgsqlCommand("SELECT id, name, driver, command, args, cwd, env, image, created_at, node_id FROM environments " + where, connection);
         if (id is not null)
             q.Parameters.Add(new() { Value = id });
         await using var r = await q.ExecuteReaderAsync(cancellationToken);
@@ -152,7 +176,7 @@ public sealed class PostgresEnvironmentStore(PostgresDatabase db) : IEnvironment
                 JsonSerializer.Deserialize(r.GetString(4), EnvironmentsJsonContext.Default.IReadOnlyListString) ?? [],
                 r.IsDBNull(5) ? null : r.GetString(5),
                 JsonSerializer.Deserialize(r.GetString(6), EnvironmentsJsonContext.Default.IReadOnlyDictionaryStringString) ?? new Dictionary<string, string>(),
-                r.IsDBNull(7) ? null : r.GetString(7), DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8))));
+                r.IsDBNull(7) ? null : r.GetString(7), DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8)), r.IsDBNull(9) ? null : r.GetString(9)));
         }
         return list;
     }

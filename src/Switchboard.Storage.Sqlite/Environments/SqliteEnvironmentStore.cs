@@ -16,6 +16,8 @@ public sealed class SqliteEnvironmentStore(SqliteDatabase db) : IEnvironmentStor
             CREATE TABLE environment_logs (env_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, stream INTEGER NOT NULL, message TEXT NOT NULL,
                 PRIMARY KEY (env_id, seq)) WITHOUT ROWID;
             """),
+        // The owner node (nullable: rows of older versions get no owner until the node loading them claims them).
+        new("environments-002", "ALTER TABLE environments ADD COLUMN node_id TEXT;"),
     ];
 
     public async ValueTask<bool> CreateAsync(EnvironmentRecord e, CancellationToken cancellationToken) =>
@@ -24,7 +26,7 @@ public sealed class SqliteEnvironmentStore(SqliteDatabase db) : IEnvironmentStor
             using var cmd = c.CreateCommand();
             cmd.Transaction = tx;
             cmd.CommandText = """
-                INSERT INTO environments (id, name, driver, command, args, cwd, env, image, created_at) VALUES ($id, $n, $d, $c, $a, $w, $e, $i, $t)
+                INSERT INTO environments (id, name, driver, command, args, cwd, env, image, created_at, node_id) VALUES ($id, $n, $d, $c, $a, $w, $e, $i, $t, $o)
                 ON CONFLICT DO NOTHING
                 """;
             cmd.Parameters.AddWithValue("$id", e.Id);
@@ -36,6 +38,25 @@ public sealed class SqliteEnvironmentStore(SqliteDatabase db) : IEnvironmentStor
             cmd.Parameters.AddWithValue("$e", JsonSerializer.Serialize(e.Env, EnvironmentsJsonContext.Default.IReadOnlyDictionaryStringString));
             cmd.Parameters.AddWithValue("$i", (object?)e.Image ?? DBNull.Value);
             cmd.Parameters.AddWithValue("$t", e.CreatedAt.ToUnixTimeMilliseconds());
+            cmd.Parameters.AddWithValue("$o", (object?)e.NodeId ?? DBNull.Value);
+            return await cmd.ExecuteNonQueryAsync(cancellationToken) == 1;
+        }, cancellationToken);
+
+    public async ValueTask<EnvironmentRecord?> GetByNameAsync(string name, CancellationToken cancellationToken)
+    {
+        var list = await QueryAsync("WHERE name = $id", name, cancellationToken);
+        return list.Count > 0 ? list[0] : null;
+    }
+
+    public async ValueTask<bool> SetOwnerAsync(string id, string nodeId, string? expectedNodeId, CancellationToken cancellationToken) =>
+        await db.WriteAsync(async (c, tx) =>
+        {
+            using var cmd = c.CreateCommand();
+            cmd.Transaction = tx;
+            cmd.CommandText = "UPDATE environments SET node_id = $n WHERE id = $id AND node_id IS $x";
+            cmd.Parameters.AddWithValue("$id", id);
+            cmd.Parameters.AddWithValue("$n", nodeId);
+            cmd.Parameters.AddWithValue("$x", (object?)expectedNodeId ?? DBNull.Value);
             return await cmd.ExecuteNonQueryAsync(cancellationToken) == 1;
         }, cancellationToken);
 
@@ -139,7 +160,7 @@ public sealed class SqliteEnvironmentStore(SqliteDatabase db) : IEnvironmentStor
     {
         await using var read = await db.OpenAsync(cancellationToken);
         using var q = read.CreateCommand();
-        q.CommandText = "SELECT id, name, driver, command, args, cwd, env, image, created_at FROM environments " + where;
+        q.CommandText = "SELECT id, name, driver, command, args, cwd, env, image, created_at, node_id FROM environments " + where;
         if (id is not null)
             q.Parameters.AddWithValue("$id", id);
         using var r = await q.ExecuteReaderAsync(cancellationToken);
@@ -150,7 +171,7 @@ public sealed class SqliteEnvironmentStore(SqliteDatabase db) : IEnvironmentStor
                 JsonSerializer.Deserialize(r.GetString(4), EnvironmentsJsonContext.Default.IReadOnlyListString) ?? [],
                 r.IsDBNull(5) ? null : r.GetString(5),
                 JsonSerializer.Deserialize(r.GetString(6), EnvironmentsJsonContext.Default.IReadOnlyDictionaryStringString) ?? new Dictionary<string, string>(),
-                r.IsDBNull(7) ? null : r.GetString(7), DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8))));
+                r.IsDBNull(7) ? null : r.GetString(7), DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8)), r.IsDBNull(9) ? null : r.GetString(9)));
         }
         return list;
     }

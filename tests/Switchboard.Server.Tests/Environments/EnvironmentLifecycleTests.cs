@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using Switchboard.Server.Tests.Infrastructure;
 
 namespace Switchboard.Server.Tests.Environments;
@@ -147,6 +148,8 @@ public sealed class EnvironmentLifecycleTests
         var restored = await again.GetEnvAsync(id);
         Assert.Equal("tree", restored.GetProperty("name").GetString());
         Assert.Equal("stopped", restored.GetProperty("status").GetString());
+        // One node: a new node id at every start, and the node takes every environment of its store.
+        Assert.Equal(again.Services.GetRequiredService<Switchboard.Server.Nodes.INodeRegistry>().NodeId, restored.GetProperty("node").GetString());
         Assert.Equal(2, lastSeq);
         Assert.Equal(lastSeq, restored.GetProperty("lastSeq").GetInt64());
         await using var history = await again.ConnectEnvAsync(id, "logs");
