@@ -15,7 +15,11 @@ namespace Switchboard.Client.Tunnels;
 /// </summary>
 internal sealed class AgentStream(AgentConnection connection, uint id, TunnelRequestHead head, int window)
 {
+    /// <summary>First response-body buffer of a stream whose length is unknown or large: one pool bucket of 16 KiB.</summary>
+    private const int FirstBufferBytes = 16 * 1024 - TunnelProtocol.HeaderSize;
+
     private readonly CancellationTokenSource _cancel = CancellationTokenSource.CreateLinkedTokenSource(connection.ClosedToken);
+    private readonly int _updateThreshold = InboundBuffer.UpdateThreshold(window);
     private int _windowPending;
 
     public uint Id { get; } = id;
@@ -121,13 +125,17 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             await connection.SendAsync(new TunnelResponseHead(status, headers).Encode(Id), cancellationToken);
 
             var sent = 0L;
-            var buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.HeaderSize + TunnelProtocol.MaxDataPayload);
+            // Sized to the body: a small response rents a small buffer (many concurrent streams stay cheap), a bulk one
+            // grows to a full frame as soon as a read fills the buffer, so it is forwarded in few large frames.
+            var size = response.Content.Headers.ContentLength is { } declared && declared < FirstBufferBytes ? (int)declared + 1 : FirstBufferBytes;
+            var buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.HeaderSize + size);
             try
             {
                 await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
                 while (true)
                 {
-                    var credit = await SendWindow.TakeAsync(TunnelProtocol.MaxDataPayload, cancellationToken);
+                    var room = Math.Min(buffer.Length - TunnelProtocol.HeaderSize, TunnelProtocol.MaxResponseDataPayload);
+                    var credit = await SendWindow.TakeAsync(room, cancellationToken);
                     var read = await body.ReadAsync(buffer.AsMemory(TunnelProtocol.HeaderSize, credit), cancellationToken);
                     if (read < credit)
                         SendWindow.Grant(credit - read);
@@ -137,6 +145,11 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
                     BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(1), Id);
                     await connection.SendAsync(buffer.AsMemory(0, TunnelProtocol.HeaderSize + read), cancellationToken);
                     sent += read;
+                    if (read == room && room < TunnelProtocol.MaxResponseDataPayload)
+                    {
+                        ArrayPool<byte>.Shared.Return(buffer);
+                        buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.HeaderSize + TunnelProtocol.MaxResponseDataPayload);
+                    }
                 }
             }
             finally
@@ -166,7 +179,7 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
     {
         Inbound.Consumed(charged);
         var pending = Interlocked.Add(ref _windowPending, charged);
-        if (pending >= 16 * 1024)
+        if (pending >= _updateThreshold)
         {
             Interlocked.Add(ref _windowPending, -pending);
             _ = connection.TrySendAsync(TunnelProtocol.WindowUpdate(Id, pending), CancellationToken.None);

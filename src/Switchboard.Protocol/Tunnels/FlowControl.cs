@@ -106,10 +106,25 @@ public sealed class InboundBuffer(int window)
                 return; // late data after an abort
             Charge(data.Length);
             Received += data.Length;
-            _pipe.Writer.Write(data);
+            // One segment per bulk frame (the consumer then writes it on in one piece); small chunks share segments.
+            var writer = _pipe.Writer;
+            while (!data.IsEmpty)
+            {
+                var span = writer.GetSpan(Math.Min(data.Length, TunnelProtocol.MaxResponseDataPayload));
+                var n = Math.Min(span.Length, data.Length);
+                data[..n].CopyTo(span);
+                writer.Advance(n);
+                data = data[n..];
+            }
             Flush();
         }
     }
+
+    /// <summary>
+    /// How much consumed credit a receiver collects before it sends a window update: a quarter of the window, at most
+    /// 64 KiB. A bulk frame is returned at once; a stream of small chunks (SSE) is acknowledged in batches.
+    /// </summary>
+    public static int UpdateThreshold(int window) => Math.Clamp(window / 4, 1, 64 * 1024);
 
     public void WriteRecord(byte flags, ReadOnlySpan<byte> data)
     {

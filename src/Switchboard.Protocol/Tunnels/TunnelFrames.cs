@@ -64,11 +64,22 @@ public static class TunnelProtocol
     /// <summary>Bytes before the payload: type (1) + stream id (4).</summary>
     public const int HeaderSize = 5;
 
-    /// <summary>Largest body payload in one frame. 64 KB keeps frames well under the WebSocket message limit and amortizes framing.</summary>
+    /// <summary>
+    /// Largest payload of a request-body or WebSocket frame. 64 KB amortizes framing and stays under the large-object
+    /// threshold, because the gateway queues each such frame as its own array until it is written.
+    /// </summary>
     public const int MaxDataPayload = 64 * 1024;
 
-    /// <summary>Default initial per-stream window (HTTP/2 uses 64 KB; 256 KB fills a loopback or LAN pipe).</summary>
-    public const int DefaultStreamWindow = 256 * 1024;
+    /// <summary>
+    /// Largest payload of a response-body frame: the whole frame is exactly 256 KiB (one pool bucket), well under the
+    /// gateway's 1 MiB message limit. The agent sends it from a pooled buffer and the gateway receives it into one, so
+    /// no large object is allocated; a bulk download pays the per-frame costs (thread hops, window accounting) once per
+    /// 256 KiB instead of once per 64 KiB, while small chunks still go out as they come.
+    /// </summary>
+    public const int MaxResponseDataPayload = 256 * 1024 - HeaderSize;
+
+    /// <summary>Default initial per-stream window: 1 MiB keeps four full frames in flight, enough for loopback and LAN bandwidth-delay products.</summary>
+    public const int DefaultStreamWindow = 1024 * 1024;
 
     /// <summary>Initial connection window for gateway -> agent body data.</summary>
     public const int DefaultConnectionWindow = 4 * 1024 * 1024;

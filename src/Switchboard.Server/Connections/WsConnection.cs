@@ -301,7 +301,9 @@ public sealed partial class WsConnection
                     }
                     while (!result.EndOfMessage);
 
-                    _receiveHint = Math.Clamp(length + 1, 4096, Math.Min(max + 1, 1024 * 1024));
+                    // Exactly the last length (a message that fills the buffer still ends it): a 256 KiB tunnel frame rents
+                    // from the 256 KiB pool bucket, not the 512 KiB one.
+                    _receiveHint = Math.Clamp(length, 4096, Math.Min(max + 1, 1024 * 1024));
                     if (_closeRequested != 0)
                         continue; // keep reading until the peer answers our close, but stop handling messages
                     _metrics.MessageReceived(Endpoint);

@@ -18,9 +18,12 @@ public sealed class TunnelOptions
     [Range(1, 100_000)]
     public int MaxConcurrentStreams { get; set; } = 500;
 
-    /// <summary>Per-stream flow-control window in both directions. 256 KB fills a LAN pipe; buffered data per stream never exceeds it.</summary>
+    /// <summary>
+    /// Per-stream flow-control window in both directions. 1 MiB keeps four 256 KiB frames in flight, so a bulk transfer
+    /// never waits for a window update on loopback or a LAN; buffered data per stream never exceeds it.
+    /// </summary>
     [Range(16 * 1024, 16 * 1024 * 1024)]
-    public int StreamWindowBytes { get; set; } = 256 * 1024;
+    public int StreamWindowBytes { get; set; } = Switchboard.Protocol.Tunnels.TunnelProtocol.DefaultStreamWindow;
 
     /// <summary>Gateway-to-agent bytes in flight on one connection. 4 MB stays well under the connection's 16 MB outbound queue limit.</summary>
     [Range(64 * 1024, 64 * 1024 * 1024)]

@@ -188,6 +188,7 @@ public sealed class TunnelSession
 /// <summary>The gateway's half of one stream: the response slot, the inbound body buffer, the send window.</summary>
 internal sealed class GatewayStream(TunnelSession session, uint id, int window)
 {
+    private readonly int _updateThreshold = InboundBuffer.UpdateThreshold(window);
     private int _windowPending;
 
     public uint Id { get; } = id;
@@ -210,12 +211,12 @@ internal sealed class GatewayStream(TunnelSession session, uint id, int window)
         SendWindow.Close(error);
     }
 
-    /// <summary>Returns credit to the agent for consumed response bytes, batched to a quarter window.</summary>
+    /// <summary>Returns credit to the agent for consumed response bytes, batched (<see cref="InboundBuffer.UpdateThreshold"/>).</summary>
     public void Consumed(int bytes, int charged)
     {
         Inbound.Consumed(charged);
         var pending = Interlocked.Add(ref _windowPending, charged);
-        if (pending >= 16 * 1024)
+        if (pending >= _updateThreshold)
         {
             Interlocked.Add(ref _windowPending, -pending);
             Session.Send(TunnelProtocol.WindowUpdate(Id, pending));
