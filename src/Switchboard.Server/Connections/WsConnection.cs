@@ -15,16 +15,17 @@ namespace Switchboard.Server.Connections;
 public delegate ValueTask MessageHandler(WsConnection connection, ReadOnlyMemory<byte> message, WebSocketMessageType type, CancellationToken cancellationToken);
 
 /// <summary>
-/// One WebSocket connection: a read loop (zero-byte reads while idle, messages bounded by size), one writer at a
-/// time, and one way to close. Sending needs no writer loop: the first <see cref="TrySend"/> on an idle connection
-/// writes the frame at once on the caller's thread (a WebSocket send into Kestrel's output pipe completes
-/// synchronously until the peer applies backpressure); frames offered while a send is in flight wait in a bounded
-/// queue that the in-flight sender drains, continuing asynchronously only when a send did not complete at once.
-/// An idle connection therefore holds no writer task, queue or buffer. A consumer whose queue overflows is closed with
+/// One WebSocket connection: a read loop (zero-byte reads while idle, messages bounded by size), one sender at a
+/// time, and one way to close. There is no writer loop waiting while idle: <see cref="TrySend"/> queues the frame
+/// (bounded) and, when no sender is active, schedules one on the thread pool (the connection is its own work item,
+/// so scheduling allocates nothing). The sender drains the queue synchronously while sends complete synchronously
+/// (a WebSocket send into Kestrel's output pipe does until the peer applies backpressure) and continues
+/// asynchronously only when one did not; then it ends. The broadcasting thread never writes to sockets itself, so a
+/// fan-out to many connections spreads over every core. An idle connection holds no writer task or buffer. A consumer whose queue overflows is closed with
 /// <see cref="CloseCodes.SlowConsumer"/> instead of buffering without bound. Transport only: it knows nothing of
 /// channels, rooms or tunnels.
 /// </summary>
-public sealed partial class WsConnection
+public sealed partial class WsConnection : IThreadPoolWorkItem
 {
     private static readonly ReadOnlyMemory<byte> DefaultPing = """{"type":"ping"}"""u8.ToArray();
 
@@ -114,25 +115,20 @@ public sealed partial class WsConnection
         {
             if (_sendFailed || _closeRequested != 0)
                 return false;
-            if (!_sending)
+            var queue = _pending ??= new Queue<OutboundFrame>();
+            var bytes = _queuedBytes + frame.Payload.Length;
+            if (queue.Count >= _settings.MaxQueuedMessages || bytes > _settings.MaxQueuedBytes)
             {
-                _sending = true; // this caller becomes the sender
-                overflowBytes = -1;
+                overflowBytes = bytes;
             }
             else
             {
-                var queue = _pending ??= new Queue<OutboundFrame>();
-                var bytes = _queuedBytes + frame.Payload.Length;
-                if (queue.Count >= _settings.MaxQueuedMessages || bytes > _settings.MaxQueuedBytes)
-                {
-                    overflowBytes = bytes;
-                }
-                else
-                {
-                    queue.Enqueue(frame);
-                    Volatile.Write(ref _queuedBytes, bytes);
-                    return true;
-                }
+                queue.Enqueue(frame);
+                Volatile.Write(ref _queuedBytes, bytes);
+                if (_sending)
+                    return true; // the active sender takes it
+                _sending = true;
+                overflowBytes = -1;
             }
         }
         if (overflowBytes >= 0)
@@ -145,8 +141,15 @@ public sealed partial class WsConnection
             }
             return false;
         }
-        SendFrom(frame);
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         return true;
+    }
+
+    // The scheduled sender.
+    void IThreadPoolWorkItem.Execute()
+    {
+        if (TryTakeNext(out var frame, 0))
+            SendFrom(frame);
     }
 
     /// <summary>Serializes and queues one JSON message.</summary>
@@ -382,7 +385,6 @@ public sealed partial class WsConnection
     }
 
     // The sender: writes `frame`, then whatever queued up meanwhile, synchronously while sends complete synchronously.
-    // Called by the one caller that set _sending.
     private void SendFrom(OutboundFrame frame)
     {
         var sent = 0;

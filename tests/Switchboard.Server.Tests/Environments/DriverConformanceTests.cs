@@ -65,6 +65,8 @@ public abstract class DriverConformanceTests
         var created = await CreateAsync(gw, "svc", "echo started; exec sleep 30");
         var id = created.GetProperty("id").GetString()!;
         Assert.Equal("running", created.GetProperty("status").GetString());
+        // Each start prints one line; wait for it before stopping, or a loaded machine may stop the shell before its echo.
+        await EnvTestKit.WaitUntilAsync(() => gw.GetEnvAsync(id).Result.GetProperty("lastSeq").GetInt64() == 1);
 
         var stopped = await PostAsync(gw, $"api/v1/environments/{id}/stop");
         Assert.Equal("stopped", stopped.GetProperty("status").GetString());
@@ -72,6 +74,7 @@ public abstract class DriverConformanceTests
 
         var started = await PostAsync(gw, $"api/v1/environments/{id}/start");
         Assert.Equal("running", started.GetProperty("status").GetString());
+        await EnvTestKit.WaitUntilAsync(() => gw.GetEnvAsync(id).Result.GetProperty("lastSeq").GetInt64() == 2);
         var restarted = await PostAsync(gw, $"api/v1/environments/{id}/restart");
         Assert.Equal("running", restarted.GetProperty("status").GetString());
         Assert.NotEqual(started.GetProperty("startedAt").GetString(), restarted.GetProperty("startedAt").GetString());
