@@ -228,6 +228,8 @@ public sealed class EnvironmentClusterTests(PostgresFixture fixture) : IClassFix
 
         // node-1 comes back: it loads its environment (stopped, as after any restart) and every node routes to it again.
         cluster.Nodes.Add(await TestCluster.StartNodeAsync(cluster.ConnectionString, "node-1"));
+        // Other nodes learn that node-1 is live again from the node registry, which they read periodically.
+        await WaitUntilAsync(async () => Assert.Single(await ListAsync(c)).GetProperty("status").GetString() != "unavailable", "node-1 is seen live again");
         var again = Assert.Single(await ListAsync(c));
         Assert.Equal("stopped", again.GetProperty("status").GetString());
         Assert.Equal("node-1", again.GetProperty("node").GetString());
