@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using Npgsql;
 using NpgsqlTypes;
 using Switchboard.Server.Storage;
@@ -21,9 +20,13 @@ public sealed class PostgresChannelStore(PostgresDatabase db, TimeProvider time)
                 PRIMARY KEY (channel, msg_offset));
             CREATE INDEX ix_channel_messages_created ON channel_messages (created_at);
             """),
+        // The store's epoch: a channel that was never published to is at (0, store epoch), and its row is created with
+        // that epoch by the first publish, so reading or subscribing never writes (no row per name a client tries).
+        new("channels-002", """
+            CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL);
+            INSERT INTO store_meta (key, value) VALUES ('epoch', substr(replace(gen_random_uuid()::text, '-', ''), 1, 16));
+            """),
     ];
-
-    public static string NewEpoch() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
 
     public async ValueTask<ChannelPosition> GetPositionAsync(string channel, CancellationToken cancellationToken)
     {
@@ -33,28 +36,13 @@ public sealed class PostgresChannelStore(PostgresDatabase db, TimeProvider time)
 
     private static async Task<ChannelPosition> GetPositionAsync(NpgsqlConnection connection, string channel, CancellationToken cancellationToken)
     {
-        // Read first (the common case); create when unknown. The second SELECT is a new statement, so it sees a row a
-        // concurrent creator committed while our INSERT waited on it.
-        await using var batch = new NpgsqlBatch(connection)
-        {
-            BatchCommands =
-            {
-                new NpgsqlBatchCommand("INSERT INTO channels (name, epoch, last_offset) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING")
-                {
-                    Parameters = { new() { Value = channel }, new() { Value = NewEpoch() } },
-                },
-                new NpgsqlBatchCommand("SELECT last_offset, epoch FROM channels WHERE name = $1") { Parameters = { new() { Value = channel } } },
-            },
-        };
-        await using (var select = new NpgsqlCommand("SELECT last_offset, epoch FROM channels WHERE name = $1", connection) { Parameters = { new() { Value = channel } } })
-        await using (var r = await select.ExecuteReaderAsync(cancellationToken))
-        {
-            if (await r.ReadAsync(cancellationToken))
-                return new ChannelPosition(r.GetInt64(0), r.GetString(1));
-        }
-        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
-        await reader.ReadAsync(cancellationToken);
-        return new ChannelPosition(reader.GetInt64(0), reader.GetString(1));
+        await using var select = new NpgsqlCommand("""
+            SELECT coalesce((SELECT last_offset FROM channels WHERE name = $1), 0),
+                   coalesce((SELECT epoch FROM channels WHERE name = $1), (SELECT value FROM store_meta WHERE key = 'epoch'))
+            """, connection) { Parameters = { new() { Value = channel } } };
+        await using var r = await select.ExecuteReaderAsync(cancellationToken);
+        await r.ReadAsync(cancellationToken);
+        return new ChannelPosition(r.GetInt64(0), r.GetString(1));
     }
 
     public async ValueTask<AppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, int retain, CancellationToken cancellationToken)
@@ -65,21 +53,20 @@ public sealed class PostgresChannelStore(PostgresDatabase db, TimeProvider time)
         // The DELETE cannot see the row inserted by the same statement, so `retain` = 0 is handled by not inserting.
         await using var cmd = new NpgsqlCommand("""
             WITH c AS (
-                INSERT INTO channels AS ch (name, epoch, last_offset) VALUES ($1, $2, 1)
+                INSERT INTO channels AS ch (name, epoch, last_offset) VALUES ($1, (SELECT value FROM store_meta WHERE key = 'epoch'), 1)
                 ON CONFLICT (name) DO UPDATE SET last_offset = ch.last_offset + 1
                 RETURNING last_offset, epoch),
             m AS (
                 INSERT INTO channel_messages (channel, msg_offset, data, created_at)
-                SELECT $1, c.last_offset, $3, $4 FROM c WHERE $5 > 0),
+                SELECT $1, c.last_offset, $2, $3 FROM c WHERE $4 > 0),
             d AS (
-                DELETE FROM channel_messages WHERE channel = $1 AND msg_offset <= (SELECT last_offset FROM c) - $5)
+                DELETE FROM channel_messages WHERE channel = $1 AND msg_offset <= (SELECT last_offset FROM c) - $4)
             SELECT last_offset, epoch FROM c
             """, connection)
         {
             Parameters =
             {
                 new() { Value = channel },
-                new() { Value = NewEpoch() },
                 new() { Value = data, NpgsqlDbType = NpgsqlDbType.Bytea },
                 new() { Value = now.ToUnixTimeMilliseconds() },
                 new() { Value = (long)Math.Max(retain, 0) },

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using System.Security.Cryptography;
 using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
 using Switchboard.Server.Storage;
@@ -18,35 +17,28 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
                 PRIMARY KEY (channel, offset)) WITHOUT ROWID;
             CREATE INDEX ix_channel_messages_created ON channel_messages (created_at);
             """),
+        // The store's epoch: a channel that was never published to is at (0, store epoch), and its row is created with
+        // that epoch by the first publish, so reading or subscribing never writes (no row per name a client tries).
+        new("channels-002", """
+            CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+            INSERT INTO store_meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))));
+            """),
     ];
 
-    public static string NewEpoch() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
+    private const string PositionSql = """
+        SELECT coalesce((SELECT last_offset FROM channels WHERE name = $n), 0),
+               coalesce((SELECT epoch FROM channels WHERE name = $n), (SELECT value FROM store_meta WHERE key = 'epoch'))
+        """;
 
     public async ValueTask<ChannelPosition> GetPositionAsync(string channel, CancellationToken cancellationToken)
     {
-        await using (var read = await db.OpenAsync(cancellationToken))
-        {
-            using var q = read.CreateCommand();
-            q.CommandText = "SELECT last_offset, epoch FROM channels WHERE name = $n";
-            q.Parameters.AddWithValue("$n", channel);
-            using var r = await q.ExecuteReaderAsync(cancellationToken);
-            if (await r.ReadAsync(cancellationToken))
-                return new ChannelPosition(r.GetInt64(0), r.GetString(1));
-        }
-        return await db.WriteAsync(async (c, tx) =>
-        {
-            using var cmd = c.CreateCommand();
-            cmd.Transaction = tx;
-            cmd.CommandText = """
-                INSERT INTO channels (name, epoch, last_offset) VALUES ($n, $e, 0) ON CONFLICT (name) DO NOTHING;
-                SELECT last_offset, epoch FROM channels WHERE name = $n;
-                """;
-            cmd.Parameters.AddWithValue("$n", channel);
-            cmd.Parameters.AddWithValue("$e", NewEpoch());
-            using var r = await cmd.ExecuteReaderAsync(cancellationToken);
-            await r.ReadAsync(cancellationToken);
-            return new ChannelPosition(r.GetInt64(0), r.GetString(1));
-        }, cancellationToken);
+        await using var read = await db.OpenAsync(cancellationToken);
+        using var q = read.CreateCommand();
+        q.CommandText = PositionSql;
+        q.Parameters.AddWithValue("$n", channel);
+        using var r = await q.ExecuteReaderAsync(cancellationToken);
+        await r.ReadAsync(cancellationToken);
+        return new ChannelPosition(r.GetInt64(0), r.GetString(1));
     }
 
     // Group commit: appends queue here and one writer commits whatever has queued, up to MaxBatch, in one transaction.
@@ -127,12 +119,11 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
             using var upsert = c.CreateCommand();
             upsert.Transaction = tx;
             upsert.CommandText = """
-                INSERT INTO channels (name, epoch, last_offset) VALUES ($n, $e, 1)
+                INSERT INTO channels (name, epoch, last_offset) VALUES ($n, (SELECT value FROM store_meta WHERE key = 'epoch'), 1)
                 ON CONFLICT (name) DO UPDATE SET last_offset = last_offset + 1
                 RETURNING last_offset, epoch;
                 """;
             var upName = upsert.Parameters.Add("$n", SqliteType.Text);
-            var upEpoch = upsert.Parameters.Add("$e", SqliteType.Text);
             using var insert = c.CreateCommand();
             insert.Transaction = tx;
             insert.CommandText = "INSERT INTO channel_messages (channel, offset, data, created_at) VALUES ($n, $o, $d, $t)";
@@ -151,7 +142,6 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
             {
                 var p = batch[i];
                 upName.Value = p.Channel;
-                upEpoch.Value = NewEpoch();
                 long offset;
                 string epoch;
                 using (var r = await upsert.ExecuteReaderAsync())

@@ -81,4 +81,27 @@ public sealed class PostgresStoreTests(PostgresFixture fixture) : IClassFixture<
         Assert.Equal(150, history.Messages.Count);
         Assert.Equal(new Server.Storage.ChannelPosition(150, results[0].Epoch), (await stores[1].GetPositionAsync("multi", default)));
     }
+
+    [Fact]
+    public async Task Reading_channels_that_were_never_published_writes_nothing()
+    {
+        var cs = await fixture.CreateSchemaAsync();
+        var db = await fixture.OpenAsync(cs);
+        var store = new PostgresChannelStore(db, TimeProvider.System);
+        for (var i = 0; i < 50; i++)
+        {
+            await store.GetPositionAsync("probe:" + i, default);
+            await store.ReadAsync("probe:" + i, 0, 10, default);
+        }
+        Assert.Equal(0L, await CountChannelsAsync(db));
+        await store.AppendAsync("probe:1", Encoding.UTF8.GetBytes("1"), 10, default);
+        Assert.Equal(1L, await CountChannelsAsync(db));
+
+        static async Task<long> CountChannelsAsync(PostgresDatabase db)
+        {
+            await using var connection = await db.OpenAsync(default);
+            await using var cmd = new NpgsqlCommand("SELECT count(*) FROM channels", connection);
+            return (long)(await cmd.ExecuteScalarAsync())!;
+        }
+    }
 }

@@ -27,6 +27,12 @@ public abstract class ChannelStoreSpecification
         Assert.Equal(0, a.Offset);
         Assert.False(string.IsNullOrEmpty(a.Epoch));
         Assert.Equal(a, b);
+        // Reading (history, subscribe) does not move it; the first publish continues from exactly that position.
+        var history = await store.ReadAsync("spec:new", 0, 10, default);
+        Assert.Empty(history.Messages);
+        Assert.Equal(a, await store.GetPositionAsync("spec:new", default));
+        var first = await store.AppendAsync("spec:new", Json("1"), 100, default);
+        Assert.Equal(new ChannelPosition(1, a.Epoch), new ChannelPosition(first.Message.Offset, first.Epoch));
     }
 
     [Fact]

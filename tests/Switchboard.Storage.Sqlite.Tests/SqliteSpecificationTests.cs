@@ -70,3 +70,35 @@ public sealed class SqliteTunnelRegistryTests : TunnelRegistrySpecification, IAs
 
     public Task DisposeAsync() => _db.DisposeAsync().AsTask();
 }
+
+public sealed class SqliteChannelStoreStorageTests : IAsyncLifetime
+{
+    private readonly SqliteTestDatabase _db = new();
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync() => _db.DisposeAsync().AsTask();
+
+    [Fact]
+    public async Task Reading_channels_that_were_never_published_writes_nothing()
+    {
+        var db = await _db.OpenAsync();
+        await using var store = new SqliteChannelStore(db, TimeProvider.System);
+        for (var i = 0; i < 50; i++)
+        {
+            await store.GetPositionAsync("probe:" + i, default);
+            await store.ReadAsync("probe:" + i, 0, 10, default);
+        }
+        Assert.Equal(0L, await CountChannelsAsync(db));
+        await store.AppendAsync("probe:1", "1"u8.ToArray(), 10, default);
+        Assert.Equal(1L, await CountChannelsAsync(db));
+
+        static async Task<long> CountChannelsAsync(SqliteDatabase db)
+        {
+            await using var connection = await db.OpenAsync(default);
+            using var cmd = connection.CreateCommand();
+            cmd.CommandText = "SELECT count(*) FROM channels";
+            return (long)(await cmd.ExecuteScalarAsync())!;
+        }
+    }
+}
