@@ -63,6 +63,7 @@ public sealed partial class WsConnection
         {
             SingleReader = true,
             SingleWriter = false,
+            AllowSynchronousContinuations = settings.InlineWrites,
             FullMode = BoundedChannelFullMode.Wait, // never waited on: TryWrite fails instead and the consumer is closed
         });
     }
@@ -416,4 +417,8 @@ public sealed partial class WsConnection
 }
 
 /// <summary>The limits one connection enforces, resolved from options once.</summary>
-internal sealed record ConnectionSettings(int MaxMessageBytes, int MaxQueuedMessages, long MaxQueuedBytes, TimeSpan CloseTimeout);
+/// <param name="InlineWrites">
+/// When true, the thread that queues a frame also runs the write loop until the socket send would wait (no thread-pool
+/// hop per frame). For interactive connections with one producer thread (terminals): one wake-up less per keystroke echo.
+/// </param>
+internal sealed record ConnectionSettings(int MaxMessageBytes, int MaxQueuedMessages, long MaxQueuedBytes, TimeSpan CloseTimeout, bool InlineWrites = false);

@@ -127,7 +127,8 @@ public static class EnvironmentEndpoints
 
     private static async Task WebSocketAsync(string id, string kind, HttpContext context, WsAcceptor acceptor, EnvironmentManager manager)
     {
-        var connection = await acceptor.AcceptAsync(context, "env-" + kind);
+        // Terminal output is written by the PTY reader's thread itself: one thread-pool hop less per echo.
+        var connection = await acceptor.AcceptAsync(context, "env-" + kind, inlineWrites: kind == "terminal");
         if (connection is null)
             return;
         var environment = await manager.FindAsync(id);
