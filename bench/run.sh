@@ -7,8 +7,15 @@
 #   bench/run.sh --cluster  cross-node fan-out instead: 1 node (SQLite), 1 node and 3 nodes on one PostgreSQL
 #                           (uses $SWITCHBOARD_DATABASE, else starts a throwaway PostgreSQL with scripts/test-deps.sh;
 #                           writes bench/results/cluster-latest.md; about 2 minutes)
+#   bench/run.sh --environments [OPTIONS]  the environments benchmark instead (bench/environments/run.sh: log
+#                           throughput and latency, terminal echo; writes bench/results/environments-latest.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--environments" ]]; then
+  shift
+  exec bench/environments/run.sh "$@"
+fi
 
 # 10,000 server sockets + 10,000 client sockets, each process needs ~10k descriptors.
 want=25000

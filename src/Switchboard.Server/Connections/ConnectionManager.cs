@@ -45,8 +45,9 @@ public sealed partial class ConnectionManager
 
     public bool TryGet(string id, out WsConnection? connection) => _connections.TryGetValue(id, out connection);
 
-    internal WsConnection Create(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp) =>
-        new(socket, endpoint, grants, remoteIp, _settings, _metrics, _loggerFactory.CreateLogger("Switchboard.Connections"), _time);
+    internal WsConnection Create(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, bool inlineWrites = false) =>
+        new(socket, endpoint, grants, remoteIp, inlineWrites ? _settings with { InlineWrites = true } : _settings, _metrics,
+            _loggerFactory.CreateLogger("Switchboard.Connections"), _time);
 
     /// <summary>Registers an accepted connection, enforcing the per-user limit. False when the limit is reached.</summary>
     internal bool TryRegister(WsConnection connection)

@@ -26,9 +26,9 @@ public sealed partial class WsAcceptor(
     /// <summary>
     /// Accepts a connection, or answers the request and returns null. With <paramref name="anonymous"/> a connection
     /// without a token is accepted with anonymous grants (rooms use the room secret instead), but a token that is
-    /// present must still be valid.
+    /// present must still be valid. <paramref name="inlineWrites"/>: see <see cref="ConnectionSettings.InlineWrites"/>.
     /// </summary>
-    public async Task<WsConnection?> AcceptAsync(HttpContext context, string endpoint, bool anonymous = false)
+    public async Task<WsConnection?> AcceptAsync(HttpContext context, string endpoint, bool anonymous = false, bool inlineWrites = false)
     {
         if (!context.WebSockets.IsWebSocketRequest)
         {
@@ -67,7 +67,7 @@ public sealed partial class WsAcceptor(
             KeepAliveInterval = TimeSpan.Zero, // the application heartbeat (HeartbeatService) replaces protocol keep-alives
             DangerousEnableCompression = false,
         });
-        var connection = manager.Create(socket, endpoint, validation.Grants ?? new Grants("unauthenticated", [], [], [], [], [], null), ip);
+        var connection = manager.Create(socket, endpoint, validation.Grants ?? new Grants("unauthenticated", [], [], [], [], [], null), ip, inlineWrites);
         if (!validation.IsValid)
         {
             await RejectAsync(connection, CloseCodes.Unauthorized, validation.Error ?? "unauthorized");

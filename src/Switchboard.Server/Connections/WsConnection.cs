@@ -141,7 +141,10 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             }
             return false;
         }
-        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+        if (_settings.InlineWrites)
+            ((IThreadPoolWorkItem)this).Execute(); // interactive: write on the producer's thread, no hop per frame
+        else
+            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         return true;
     }
 
@@ -581,4 +584,8 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
 }
 
 /// <summary>The limits one connection enforces, resolved from options once.</summary>
-internal sealed record ConnectionSettings(int MaxMessageBytes, int MaxQueuedMessages, long MaxQueuedBytes, TimeSpan CloseTimeout);
+/// <param name="InlineWrites">
+/// When true, the thread that queues a frame to an idle connection sends it (and whatever queues meanwhile) itself until
+/// a socket send would wait, instead of scheduling the sender on the thread pool. For interactive connections with one producer thread (terminals): one wake-up less per keystroke echo.
+/// </param>
+internal sealed record ConnectionSettings(int MaxMessageBytes, int MaxQueuedMessages, long MaxQueuedBytes, TimeSpan CloseTimeout, bool InlineWrites = false);

@@ -141,7 +141,8 @@ public static class EnvironmentEndpoints
     {
         if (await router.TryRouteWebSocketAsync(id, context, acceptor, kind))
             return;
-        var connection = await acceptor.AcceptAsync(context, "env-" + kind);
+        // Terminal output is written by the PTY reader's thread itself: one thread-pool hop less per echo.
+        var connection = await acceptor.AcceptAsync(context, "env-" + kind, inlineWrites: kind == "terminal");
         if (connection is null)
             return;
         var environment = await manager.FindAsync(id);

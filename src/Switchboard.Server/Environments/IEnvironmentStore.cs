@@ -18,7 +18,20 @@ public sealed record EnvironmentRecord(
     string? NodeId = null);
 
 /// <summary>One stored output line. <see cref="Stream"/> is 1 for stdout, 2 for stderr.</summary>
-public sealed record LogRecord(long Seq, DateTimeOffset Timestamp, byte Stream, string Message);
+public sealed record LogRecord(long Seq, DateTimeOffset Timestamp, byte Stream, string Message)
+{
+    /// <summary>
+    /// The line's <c>log</c> message as UTF-8 JSON, encoded once when the line was read (empty for lines read back
+    /// from the store). Live lines of one read share one buffer, comma-separated, so a batch of consecutive lines is
+    /// one copy. Not part of equality.
+    /// </summary>
+    internal ReadOnlyMemory<byte> Json { get; init; }
+
+    public bool Equals(LogRecord? other) =>
+        other is not null && Seq == other.Seq && Timestamp == other.Timestamp && Stream == other.Stream && Message == other.Message;
+
+    public override int GetHashCode() => HashCode.Combine(Seq, Timestamp, Stream, Message);
+}
 
 /// <summary>Environment definitions and their output lines.</summary>
 public interface IEnvironmentStore

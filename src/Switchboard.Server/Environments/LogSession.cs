@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.WebSockets;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using Switchboard.Protocol;
 using Switchboard.Protocol.Environments;
@@ -30,6 +31,7 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
     private bool _isPaused;
     private byte _filter; // 0 all, 1 stdout, 2 stderr
     private int _signaled;
+    private bool _live;
     private Task _flusher = Task.CompletedTask;
 
     public LogSession(WsConnection connection, ManagedEnvironment environment, EnvironmentOptions options, byte filter)
@@ -98,6 +100,8 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
         frames.Add(Batch(filtered, live: false, lastSeq: snapshot.UpTo));
         foreach (var f in frames)
             _connection.TrySend(OutboundFrame.Text(f));
+        lock (_gate)
+            _live = true; // from now on full batches go out as soon as they are complete, after the history
         _flusher = FlushLoopAsync();
     }
 
@@ -105,7 +109,6 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
 
     public void Offer(LogRecord[] lines)
     {
-        var signal = false;
         lock (_gate)
         {
             foreach (var r in lines)
@@ -127,8 +130,10 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
                 }
                 _pending.Add(r);
             }
-            if (_pending.Count >= _options.BatchSize)
-                signal = true;
+            // A full batch goes out at once, from the reader's thread (no wake-up of the flush loop in between);
+            // the rest waits for the next line or the flush interval.
+            if (_live && _pending.Count >= _options.BatchSize)
+                SendPending(all: false);
             if (_pending.Count > _maxPending)
             {
                 _pending = [];
@@ -137,8 +142,34 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
                 return;
             }
         }
-        if (signal && Interlocked.Exchange(ref _signaled, 1) == 0)
-            _signal.Release();
+    }
+
+    /// <summary>
+    /// Sends the pending lines in frames of at most <see cref="EnvironmentOptions.BatchSize"/> (a lone line as
+    /// <c>log</c>); with <paramref name="all"/> false only complete batches. Called under the gate, so frames from the
+    /// reader's thread and from the flush loop never overtake each other.
+    /// </summary>
+    private void SendPending(bool all)
+    {
+        var size = _options.BatchSize;
+        var count = all ? _pending.Count : _pending.Count - _pending.Count % size;
+        if (count == 0)
+            return;
+        var lines = _pending;
+        for (var i = 0; i < count; i += size)
+        {
+            var n = Math.Min(size, count - i);
+            var payload = n == 1 ? Line(lines[i]) : Batch(lines.GetRange(i, n), live: true);
+            if (!_connection.TrySend(OutboundFrame.Text(payload)))
+            {
+                _pending = [];
+                return;
+            }
+        }
+        if (count == lines.Count)
+            _pending = new List<LogRecord>(Math.Min(lines.Count, size * 4));
+        else
+            lines.RemoveRange(0, count);
     }
 
     public ValueTask HandleAsync(WsConnection _, ReadOnlyMemory<byte> payload, WebSocketMessageType type, CancellationToken cancellationToken)
@@ -204,21 +235,8 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
             {
                 await _signal.WaitAsync(_options.BatchInterval, token);
                 Volatile.Write(ref _signaled, 0);
-                List<LogRecord> lines;
                 lock (_gate)
-                {
-                    if (_pending.Count == 0)
-                        continue;
-                    lines = _pending;
-                    _pending = new List<LogRecord>(Math.Min(lines.Count, _options.BatchSize * 4));
-                }
-                for (var i = 0; i < lines.Count; i += _options.BatchSize)
-                {
-                    var n = Math.Min(_options.BatchSize, lines.Count - i);
-                    var payload = n == 1 ? Line(lines[i]) : Batch(lines.GetRange(i, n), live: true);
-                    if (!_connection.TrySend(OutboundFrame.Text(payload)))
-                        return;
-                }
+                    SendPending(all: true);
             }
         }
         catch (OperationCanceledException)
@@ -232,6 +250,8 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
 
     private static ReadOnlyMemory<byte> Line(LogRecord r)
     {
+        if (!r.Json.IsEmpty)
+            return r.Json; // encoded once by the reader, shared by every subscriber
         var buffer = new ArrayBufferWriter<byte>(r.Message.Length + 96);
         using (var w = new Utf8JsonWriter(buffer, WriterOptions))
             WriteLine(w, r);
@@ -240,7 +260,10 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
 
     private static ReadOnlyMemory<byte> Batch(IReadOnlyList<LogRecord> lines, bool live, long? lastSeq = null)
     {
-        var buffer = new ArrayBufferWriter<byte>(lines.Count * 128 + 96);
+        var size = 96;
+        foreach (var r in lines)
+            size += r.Json.IsEmpty ? r.Message.Length * 2 + 128 : r.Json.Length + 1;
+        var buffer = new ArrayBufferWriter<byte>(size);
         using (var w = new Utf8JsonWriter(buffer, WriterOptions))
         {
             w.WriteStartObject();
@@ -249,12 +272,52 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
             w.WriteNumber("count"u8, lines.Count);
             w.WriteNumber("lastSeq"u8, lastSeq ?? (lines.Count > 0 ? lines[^1].Seq : 0));
             w.WriteStartArray("logs"u8);
-            foreach (var r in lines)
-                WriteLine(w, r);
+            var i = 0;
+            while (i < lines.Count && lines[i].Json.IsEmpty)
+                WriteLine(w, lines[i++]);
+            if (i < lines.Count)
+            {
+                // Pre-encoded lines: copy runs that are contiguous in their read's buffer (already comma-separated) at once.
+                w.Flush();
+                var any = i > 0;
+                while (i < lines.Count)
+                {
+                    var run = lines[i].Json.IsEmpty ? Line(lines[i]) : lines[i].Json;
+                    var j = i + 1;
+                    while (j < lines.Count && Follows(run, lines[j].Json))
+                        run = Extend(run, lines[j++].Json);
+                    if (any)
+                        Put(buffer, ","u8);
+                    Put(buffer, run.Span);
+                    any = true;
+                    i = j;
+                }
+                Put(buffer, "]}"u8);
+                return buffer.WrittenMemory;
+            }
             w.WriteEndArray();
             w.WriteEndObject();
         }
         return buffer.WrittenMemory;
+    }
+
+    /// <summary>True when <paramref name="next"/> starts right after <paramref name="run"/> and a comma in the same buffer.</summary>
+    private static bool Follows(ReadOnlyMemory<byte> run, ReadOnlyMemory<byte> next) =>
+        !next.IsEmpty
+        && MemoryMarshal.TryGetArray(run, out var a) && MemoryMarshal.TryGetArray(next, out var b)
+        && ReferenceEquals(a.Array, b.Array) && b.Offset == a.Offset + a.Count + 1;
+
+    private static ReadOnlyMemory<byte> Extend(ReadOnlyMemory<byte> run, ReadOnlyMemory<byte> next)
+    {
+        MemoryMarshal.TryGetArray(run, out var a);
+        MemoryMarshal.TryGetArray(next, out var b);
+        return new ReadOnlyMemory<byte>(a.Array, a.Offset, b.Offset + b.Count - a.Offset);
+    }
+
+    private static void Put(ArrayBufferWriter<byte> buffer, ReadOnlySpan<byte> bytes)
+    {
+        bytes.CopyTo(buffer.GetSpan(bytes.Length));
+        buffer.Advance(bytes.Length);
     }
 
     private static void WriteLine(Utf8JsonWriter w, LogRecord r)

@@ -28,6 +28,7 @@ internal sealed partial class ManagedEnvironment
     private readonly DockerEngine? _docker;
     private readonly SemaphoreSlim _ops = new(1, 1);
 
+    private readonly Lock _appendGate = new();
     private readonly Lock _logGate = new();
     private readonly LogRecord[] _ring;
     private int _ringStart;
@@ -290,38 +291,45 @@ internal sealed partial class ManagedEnvironment
 
     // ---------- logs ----------
 
-    /// <summary>Called by the pipe readers: numbers the lines, keeps them in the ring, queues them for the store and offers them to subscribers.</summary>
+    /// <summary>
+    /// Called by the pipe readers: numbers the lines, encodes their JSON once (so subscribers only copy bytes), keeps
+    /// them in the ring, queues them for the store and offers them to subscribers.
+    /// </summary>
     private void Append(byte stream, List<string> lines)
     {
         var now = _time.GetUtcNow();
-        var records = new LogRecord[lines.Count];
         long dropped = 0;
-        lock (_logGate)
+        // The append gate orders the readers of stdout and stderr (seq order = offer order) and keeps the encoding
+        // out of the log gate, which the persister and new subscribers take. Only Append writes _lastSeq, under both gates.
+        lock (_appendGate)
         {
-            for (var i = 0; i < records.Length; i++)
+            var records = LogJson.Encode(_lastSeq + 1, now, stream, lines);
+            lock (_logGate)
             {
-                var r = new LogRecord(++_lastSeq, now, stream, lines[i]);
-                records[i] = r;
-                var index = (_ringStart + _ringCount) % _ring.Length;
-                _ring[index] = r;
-                if (_ringCount < _ring.Length)
-                    _ringCount++;
+                _lastSeq += records.Length;
+                for (var i = 0; i < records.Length; i++)
+                {
+                    var index = (_ringStart + _ringCount) % _ring.Length;
+                    _ring[index] = records[i];
+                    if (_ringCount < _ring.Length)
+                        _ringCount++;
+                    else
+                        _ringStart = (_ringStart + 1) % _ring.Length;
+                }
+                var room = _options.PersistQueueLines - _persistQueue.Count;
+                if (room >= records.Length)
+                {
+                    _persistQueue.AddRange(records);
+                }
                 else
-                    _ringStart = (_ringStart + 1) % _ring.Length;
+                {
+                    if (room > 0)
+                        _persistQueue.AddRange(records.AsSpan(0, room));
+                    dropped = records.Length - Math.Max(room, 0);
+                }
+                foreach (var s in _logSubscribers)
+                    s.Offer(records);
             }
-            var room = _options.PersistQueueLines - _persistQueue.Count;
-            if (room >= records.Length)
-            {
-                _persistQueue.AddRange(records);
-            }
-            else
-            {
-                if (room > 0)
-                    _persistQueue.AddRange(records.AsSpan(0, room));
-                dropped = records.Length - Math.Max(room, 0);
-            }
-            foreach (var s in _logSubscribers)
-                s.Offer(records);
         }
         if (dropped > 0)
         {
