@@ -138,6 +138,7 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
             var trLimit = trim.Parameters.Add("$limit", SqliteType.Integer);
 
             var results = new AppendResult[batch.Count];
+            Dictionary<string, long>? trims = null;
             for (var i = 0; i < batch.Count; i++)
             {
                 var p = batch[i];
@@ -158,11 +159,21 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
                 await insert.ExecuteNonQueryAsync();
                 if (offset > p.Retain)
                 {
-                    trName.Value = p.Channel;
-                    trLimit.Value = offset - p.Retain;
-                    await trim.ExecuteNonQueryAsync();
+                    // Trimmed once per channel per batch, after its last append (the same transaction, so readers
+                    // never see more than `retain` messages).
+                    trims ??= new Dictionary<string, long>(StringComparer.Ordinal);
+                    trims[p.Channel] = offset - p.Retain;
                 }
                 results[i] = new AppendResult(new StoredMessage(p.Channel, offset, p.Data, now), epoch);
+            }
+            if (trims is not null)
+            {
+                foreach (var (channel, limit) in trims)
+                {
+                    trName.Value = channel;
+                    trLimit.Value = limit;
+                    await trim.ExecuteNonQueryAsync();
+                }
             }
             return results;
         }, CancellationToken.None);

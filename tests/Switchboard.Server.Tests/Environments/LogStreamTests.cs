@@ -247,11 +247,12 @@ public sealed class LogStreamTests
     {
         await using var gw = await EnvTestKit.StartAsync(configure: null, gateway: g =>
         {
-            g.Limits.MaxQueuedBytes = 1024 * 1024;
-            g.Limits.MaxQueuedMessages = 1024;
+            g.Limits.MaxQueuedBytes = 4 * 1024 * 1024;
+            g.Limits.MaxQueuedMessages = 4096;
         });
         // About 10,000 lines/s of 100 characters: a steady ~1 MB/s that a reading client absorbs even on a loaded machine
-        // (it may fall a second behind before it is at risk), while a stalled one overflows its queue once its TCP buffers fill.
+        // (it may fall several seconds behind before it is at risk), while a stalled one overflows its queue once its
+        // TCP buffers fill.
         var e = await gw.CreateShAsync("burst", "while true; do seq -f '%0100g' 1 100; sleep 0.01; done", start: false);
         var id = e.GetProperty("id").GetString()!;
         await using var slow = await gw.ConnectEnvAsync(id, "logs", "&tail=0");
