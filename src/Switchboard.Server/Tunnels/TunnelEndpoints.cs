@@ -28,15 +28,11 @@ public static class TunnelEndpoints
     public static IApplicationBuilder UseTunnels(this IApplicationBuilder app)
     {
         var forwarder = app.ApplicationServices.GetRequiredService<TunnelForwarder>();
-        return app.Use(async (context, next) =>
-        {
-            if (forwarder.TryRoute(context, out var name, out var target, out var prefix))
-            {
-                await forwarder.ForwardAsync(context, name, target, prefix);
-                return;
-            }
-            await next(context);
-        });
+        // Not async: every other request (every WebSocket of the gateway's own endpoints included) passes straight
+        // through without an async frame held for its whole lifetime.
+        return app.Use((context, next) => forwarder.TryRoute(context, out var name, out var target, out var prefix)
+            ? forwarder.ForwardAsync(context, name, target, prefix)
+            : next(context));
     }
 
     public static IEndpointRouteBuilder MapTunnels(this IEndpointRouteBuilder app)
