@@ -25,11 +25,11 @@ public static class ChannelEndpoints
         app.Map("/api/v1/ws", HandleWebSocketAsync);
         app.MapGet("/api/v1/sse", HandleSseAsync);
 
-        var api = app.MapGroup("/api/v1/channels");
+        var api = app.MapGroup("/api/v1/channels").AddEndpointFilter<StoreUnavailableFilter>();
         api.MapPost("/{channel}/messages", PublishAsync);
         api.MapGet("/{channel}/messages", HistoryAsync);
 
-        app.MapPost("/api/v1/webhooks/github", GitHubWebhookAsync);
+        app.MapPost("/api/v1/webhooks/github", GitHubWebhookAsync).AddEndpointFilter<StoreUnavailableFilter>();
         return app;
     }
 

@@ -28,7 +28,7 @@ public static class EnvironmentEndpoints
 
     public static IEndpointRouteBuilder MapEnvironments(this IEndpointRouteBuilder app)
     {
-        var api = app.MapGroup("/api/v1/environments");
+        var api = app.MapGroup("/api/v1/environments").AddEndpointFilter<StoreUnavailableFilter>();
         api.MapPost("", CreateAsync);
         api.MapGet("", ListAsync);
         api.MapGet("/{id}", GetAsync);

@@ -35,7 +35,7 @@ public static class RoomEndpoints
     {
         app.Map("/v1/websocket", HandleWebSocketAsync);
 
-        var api = app.MapGroup("/v1/api").AddEndpointFilter<ApiKeyFilter>();
+        var api = app.MapGroup("/v1/api").AddEndpointFilter<ApiKeyFilter>().AddEndpointFilter<StoreUnavailableFilter>();
         api.MapPost("/rooms", CreateAsync);
         api.MapGet("/rooms", ListAsync);
         api.MapGet("/rooms/{id}", GetAsync);

@@ -38,7 +38,7 @@ public static class TunnelEndpoints
     public static IEndpointRouteBuilder MapTunnels(this IEndpointRouteBuilder app)
     {
         app.Map("/tunnel/connect", ConnectAsync);
-        var api = app.MapGroup("/api/v1/tunnels").AddEndpointFilter<ApiKeyFilter>();
+        var api = app.MapGroup("/api/v1/tunnels").AddEndpointFilter<ApiKeyFilter>().AddEndpointFilter<StoreUnavailableFilter>();
         api.MapGet("/", List);
         api.MapGet("/{name}/requests", Requests);
         api.MapPost("/{name}/requests/{id:long}/replay", ReplayAsync);
