@@ -109,7 +109,17 @@ internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, in
             Error("bad_message", "publish needs 'data'", channel, message.Id);
             return;
         }
-        var position = await hub.PublishAsync(channel!, ChannelBroadcast.NormalizeData(data), null, cancellationToken);
+        Storage.ChannelPosition position;
+        try
+        {
+            position = await hub.PublishAsync(channel!, ChannelBroadcast.NormalizeData(data), null, cancellationToken);
+        }
+        catch (System.Data.Common.DbException)
+        {
+            // The store is unreachable (database restarting): the connection stays; the client may retry.
+            Error("store_unavailable", "the store is unavailable; retry shortly", channel, message.Id);
+            return;
+        }
         connection.TrySendJson(new PublishedMessage(channel!, position.Offset, position.Epoch, message.Id), ProtocolJsonContext.Default.PublishedMessage);
     }
 

@@ -47,6 +47,7 @@ public sealed class DatabaseOutageTests(PostgresFixture fixture) : IClassFixture
         ClearStalePool();
         await using var cluster = await TestCluster.StartAsync(fixture, 1);
         var database = new NpgsqlConnectionStringBuilder(cluster.ConnectionString).Database!;
+        await using var client = await cluster[0].ConnectChannelsAsync();
         await AdminAsync($"ALTER DATABASE {database} ALLOW_CONNECTIONS false");
         try
         {
@@ -57,6 +58,11 @@ public sealed class DatabaseOutageTests(PostgresFixture fixture) : IClassFixture
             Assert.Equal("store_unavailable", (await refused.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>()).GetProperty("error").GetString());
             using var history = await cluster[0].Api.GetAsync("api/v1/channels/down/messages");
             Assert.Equal(HttpStatusCode.ServiceUnavailable, history.StatusCode);
+            // Over WebSocket: an error reply, and the connection stays open.
+            await client.SendJsonAsync(new { type = "publish", channel = "down", data = 1, id = "p1" });
+            var error = await client.ReceiveTypeAsync("error");
+            Assert.Equal(("store_unavailable", "p1"), (error.GetProperty("code").GetString(), error.GetProperty("id").GetString()));
+            Assert.Equal(System.Net.WebSockets.WebSocketState.Open, client.Socket.State);
         }
         finally
         {
