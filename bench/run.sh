@@ -31,22 +31,10 @@ dotnet build src/Switchboard.Cli -c Release -m:1 -nologo -v q
 dotnet build bench/RawKestrelBroadcast -c Release -m:1 -nologo -v q
 dotnet build bench/Switchboard.Bench -c Release -m:1 -nologo -v q
 
-# The load generator starts and kills the servers itself. It runs in its own process group, so whatever happens
-# (Ctrl+C, kill, a crash) the trap below ends it and every server it started, and nothing else.
-bench_pid=""
-cleanup() {
-  if [[ -n "$bench_pid" ]] && kill -0 "$bench_pid" 2>/dev/null; then
-    kill -TERM "$bench_pid" 2>/dev/null || true
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-      kill -0 "$bench_pid" 2>/dev/null || break
-      sleep 0.5
-    done
-  fi
-  if [[ -n "$bench_pid" ]]; then
-    kill -KILL -- "-$bench_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT INT TERM
+# The load generator starts and kills the servers itself, in its own process group (see bench/process-group.sh).
+# shellcheck source=process-group.sh
+. bench/process-group.sh
+trap bench_cleanup EXIT INT TERM
 
 extra=()
 if [[ " $* " == *" --cluster "* ]]; then
@@ -58,14 +46,12 @@ if [[ " $* " == *" --cluster "* ]]; then
     # shellcheck disable=SC1091
     source "$pg_state/env"
     db=$SWITCHBOARD_TEST_POSTGRES
-    trap 'cleanup; bash "$pg_state/cleanup"; rm -rf "$pg_state"' EXIT INT TERM
+    trap 'bench_cleanup; bash "$pg_state/cleanup"; rm -rf "$pg_state"' EXIT INT TERM
   fi
   extra=(--database "$db" --out bench/results/cluster-latest.md)
 fi
 
-setsid dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
+run_in_group dotnet bench/Switchboard.Bench/bin/Release/net10.0/Switchboard.Bench.dll \
   --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll \
   --raw bench/RawKestrelBroadcast/bin/Release/net10.0/RawKestrelBroadcast.dll \
-  --out bench/results/latest.md "${extra[@]}" "$@" &
-bench_pid=$!
-wait "$bench_pid"
+  --out bench/results/latest.md "${extra[@]}" "$@"

@@ -15,24 +15,10 @@ echo "building (Release)..."
 dotnet build src/Switchboard.Cli -c Release -m:1 -nologo -v q
 dotnet build bench/environments -c Release -m:1 -nologo -v q
 
-# The benchmark starts and kills the gateway itself; it runs in its own process group so the trap can end it and
-# everything it started (gateway, producers), and nothing else.
-bench_pid=""
-cleanup() {
-  if [[ -n "$bench_pid" ]] && kill -0 "$bench_pid" 2>/dev/null; then
-    kill -TERM "$bench_pid" 2>/dev/null || true
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-      kill -0 "$bench_pid" 2>/dev/null || break
-      sleep 0.5
-    done
-  fi
-  if [[ -n "$bench_pid" ]]; then
-    kill -KILL -- "-$bench_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT INT TERM
+# The benchmark starts and kills the gateway itself, in its own process group (see bench/process-group.sh).
+# shellcheck source=../process-group.sh
+. bench/process-group.sh
+trap bench_cleanup EXIT INT TERM
 
-setsid dotnet bench/environments/bin/Release/net10.0/EnvironmentsBench.dll \
-  --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll "$@" &
-bench_pid=$!
-wait "$bench_pid"
+run_in_group dotnet bench/environments/bin/Release/net10.0/EnvironmentsBench.dll \
+  --switchboard src/Switchboard.Cli/bin/Release/net10.0/switchboard.dll "$@"
