@@ -53,6 +53,7 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private string _closeReason = "";
     private int _finished;
     private int _receiveHint = 4096;
+    private uint _sentFrames; // only the active sender touches it
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
         SwitchboardMetrics metrics, ILogger logger, TimeProvider time)
@@ -441,9 +442,11 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         }
     }
 
+    // The delivery-latency histogram records one frame in DeliverySampleEvery per connection: recording every frame
+    // (a timestamp and shared bucket counters updated from every core) cost a fifth of the fan-out throughput.
     private void OnSent(in OutboundFrame frame)
     {
-        if (_metrics.DeliveryDurationEnabled)
+        if ((++_sentFrames & (SwitchboardMetrics.DeliverySampleEvery - 1)) == 0 && _metrics.DeliveryDurationEnabled)
             _metrics.DeliveryDuration(frame.EnqueuedTimestamp);
     }
 

@@ -23,7 +23,8 @@ public sealed class SwitchboardMetrics
         _activeConnections = Meter.CreateUpDownCounter<long>("switchboard.connections.active", "{connection}", "Open WebSocket and SSE connections, by endpoint.");
         _messagesReceived = Meter.CreateCounter<long>("switchboard.messages.received", "{message}", "Messages received from clients, by endpoint.");
         _messagesSent = Meter.CreateCounter<long>("switchboard.messages.sent", "{message}", "Messages written to clients, by endpoint.");
-        _deliveryDuration = Meter.CreateHistogram<double>("switchboard.delivery.duration", "s", "Time from a message being queued for a connection to it being written to the socket.",
+        _deliveryDuration = Meter.CreateHistogram<double>("switchboard.delivery.duration", "s",
+            "Time from a message being queued for a connection to it being written to the socket (sampled: one frame in 16 per connection).",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] });
         _connectionDuration = Meter.CreateHistogram<double>("switchboard.connection.duration", "s", "How long connections stayed open, by endpoint.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 14400, 86400] });
@@ -51,6 +52,9 @@ public sealed class SwitchboardMetrics
     public void MessageReceived(string endpoint) => _messagesReceived.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
 
     public void MessagesSent(string endpoint, int count) => _messagesSent.Add(count, new KeyValuePair<string, object?>("endpoint", endpoint));
+
+    /// <summary>Each connection records one sent frame in this many (a power of two) in the delivery histogram.</summary>
+    public const int DeliverySampleEvery = 16;
 
     public bool DeliveryDurationEnabled => _deliveryDuration.Enabled;
 

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Http.Json;
 using Switchboard.Protocol;
+using Switchboard.Server.Diagnostics;
 using Switchboard.Server.Tests.Infrastructure;
 
 namespace Switchboard.Server.Tests.Diagnostics;
@@ -17,8 +18,12 @@ public sealed class MetricsTests
         {
             await s.SendJsonAsync(new { type = "subscribe", channel = "m" });
             await s.ReceiveTypeAsync("subscribed");
-            await gw.Api.PostAsJsonAsync("api/v1/channels/m/messages", new { data = 1 });
-            await s.ReceiveTypeAsync("message");
+            // The delivery histogram samples one frame in 16 per connection: send enough for a sample.
+            for (var i = 0; i < SwitchboardMetrics.DeliverySampleEvery; i++)
+            {
+                await gw.Api.PostAsJsonAsync("api/v1/channels/m/messages", new { data = i });
+                await s.ReceiveTypeAsync("message");
+            }
             var during = await gw.Api.GetStringAsync("metrics");
             Assert.Contains("switchboard_connections_active{endpoint=\"channels\"} 1", during);
         }
@@ -39,7 +44,7 @@ public sealed class MetricsTests
         Assert.Contains("switchboard_connections_closed_total{endpoint=\"channels\",code=\"1000\"} 1", text);
         Assert.Contains("switchboard_connections_closed_total{endpoint=\"channels\",code=\"4401\"} 1", text);
         Assert.Contains("switchboard_connections_active{endpoint=\"channels\"} 0", text);
-        Assert.Contains("switchboard_channels_published_total 1", text);
+        Assert.Contains($"switchboard_channels_published_total {SwitchboardMetrics.DeliverySampleEvery}", text);
     }
 
     [Fact]
