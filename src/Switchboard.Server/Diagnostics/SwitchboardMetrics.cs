@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 
@@ -9,8 +10,9 @@ public sealed class SwitchboardMetrics
     public const string MeterName = "Switchboard";
 
     private readonly UpDownCounter<long> _activeConnections;
-    private readonly Counter<long> _messagesReceived;
-    private readonly Counter<long> _messagesSent;
+    // Messages in and out are counted per message on every connection: striped per core and read at scrape time.
+    private readonly ConcurrentDictionary<string, StripedCounter> _received = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, StripedCounter> _sent = new(StringComparer.Ordinal);
     private readonly Histogram<double> _deliveryDuration;
     private readonly Histogram<double> _connectionDuration;
     private readonly Counter<long> _closes;
@@ -21,8 +23,8 @@ public sealed class SwitchboardMetrics
     {
         Meter = meterFactory.Create(MeterName);
         _activeConnections = Meter.CreateUpDownCounter<long>("switchboard.connections.active", "{connection}", "Open WebSocket and SSE connections, by endpoint.");
-        _messagesReceived = Meter.CreateCounter<long>("switchboard.messages.received", "{message}", "Messages received from clients, by endpoint.");
-        _messagesSent = Meter.CreateCounter<long>("switchboard.messages.sent", "{message}", "Messages written to clients, by endpoint.");
+        Meter.CreateObservableCounter("switchboard.messages.received", () => Observe(_received), "{message}", "Messages received from clients, by endpoint.");
+        Meter.CreateObservableCounter("switchboard.messages.sent", () => Observe(_sent), "{message}", "Messages written to clients, by endpoint.");
         _deliveryDuration = Meter.CreateHistogram<double>("switchboard.delivery.duration", "s",
             "Time from a message being queued for a connection to it being written to the socket (sampled: one frame in 16 per connection).",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] });
@@ -49,9 +51,18 @@ public sealed class SwitchboardMetrics
     public void ConnectionRejected(string endpoint, int closeCode) =>
         _closes.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint), new KeyValuePair<string, object?>("code", closeCode));
 
-    public void MessageReceived(string endpoint) => _messagesReceived.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint));
+    public void MessageReceived(string endpoint) => Counter(_received, endpoint).Add(1);
 
-    public void MessagesSent(string endpoint, int count) => _messagesSent.Add(count, new KeyValuePair<string, object?>("endpoint", endpoint));
+    public void MessagesSent(string endpoint, int count) => Counter(_sent, endpoint).Add(count);
+
+    private static StripedCounter Counter(ConcurrentDictionary<string, StripedCounter> counters, string endpoint) =>
+        counters.TryGetValue(endpoint, out var counter) ? counter : counters.GetOrAdd(endpoint, static _ => new StripedCounter());
+
+    private static IEnumerable<Measurement<long>> Observe(ConcurrentDictionary<string, StripedCounter> counters)
+    {
+        foreach (var (endpoint, counter) in counters)
+            yield return new Measurement<long>(counter.Sum(), new KeyValuePair<string, object?>("endpoint", endpoint));
+    }
 
     /// <summary>Each connection records one sent frame in this many (a power of two) in the delivery histogram.</summary>
     public const int DeliverySampleEvery = 16;
