@@ -210,6 +210,10 @@ internal sealed partial class EnvironmentManager(
                 {
                     Log.PersistFailed(logger, ex, e.Record.Name, batch.Count);
                 }
+                finally
+                {
+                    e.PersistDone(batch);
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ internal interface ILogSubscriber
 }
 
 /// <summary>What a log subscriber gets when it registers: everything after <see cref="UpTo"/> arrives live.</summary>
+/// <see cref="RingFirstSeq"/> is the first seq held in memory (lines waiting for the store, then the ring); older ones come from the store.
 internal sealed record LogSnapshot(long UpTo, long RingFirstSeq, LogRecord[] FromRing);
 
 /// <summary>
@@ -35,6 +36,7 @@ internal sealed partial class ManagedEnvironment
     private int _ringCount;
     private long _lastSeq;
     private List<LogRecord> _persistQueue = [];
+    private List<LogRecord> _persisting = []; // the batch being written to the store (taken from the queue, not yet stored)
     private long _dropped;
     private long _droppedLogged;
     private ILogSubscriber[] _logSubscribers = [];
@@ -354,11 +356,23 @@ internal sealed partial class ManagedEnvironment
             {
                 var all = _persistQueue;
                 _persistQueue = [];
+                _persisting = all;
                 return all;
             }
             var batch = _persistQueue.GetRange(0, max);
             _persistQueue.RemoveRange(0, max);
+            _persisting = batch;
             return batch;
+        }
+    }
+
+    /// <summary>The batch from <see cref="TakePersistBatch"/> is in the store (or failed): history reads it from there now.</summary>
+    public void PersistDone(List<LogRecord> batch)
+    {
+        lock (_logGate)
+        {
+            if (ReferenceEquals(_persisting, batch))
+                _persisting = [];
         }
     }
 
@@ -383,13 +397,30 @@ internal sealed partial class ManagedEnvironment
             var upTo = _lastSeq;
             var from = after(upTo);
             var ringFirst = _ringCount == 0 ? upTo + 1 : _ring[_ringStart].Seq;
+            // Lines older than the ring that are still waiting for (or being written to) the store: the store cannot
+            // return them yet, so they come from memory too (both lists are in seq order, the batch being written first).
+            var pending = new List<LogRecord>();
+            if (from + 1 < ringFirst)
+            {
+                foreach (var list in (ReadOnlySpan<List<LogRecord>>)[_persisting, _persistQueue])
+                {
+                    foreach (var r in list)
+                    {
+                        if (r.Seq >= ringFirst)
+                            break;
+                        if (r.Seq > from)
+                            pending.Add(r);
+                    }
+                }
+            }
             var start = Math.Max(from + 1, ringFirst);
             var n = (int)Math.Max(0, upTo - start + 1);
-            var copy = new LogRecord[n];
+            var copy = new LogRecord[pending.Count + n];
+            pending.CopyTo(copy);
             var offset = (int)(start - ringFirst);
             for (var i = 0; i < n; i++)
-                copy[i] = _ring[(_ringStart + offset + i) % _ring.Length];
-            return new LogSnapshot(upTo, ringFirst, copy);
+                copy[pending.Count + i] = _ring[(_ringStart + offset + i) % _ring.Length];
+            return new LogSnapshot(upTo, pending.Count > 0 ? pending[0].Seq : ringFirst, copy);
         }
     }
 

@@ -63,6 +63,29 @@ public sealed class LogStreamTests
     }
 
     [Fact]
+    public async Task History_includes_lines_still_waiting_for_the_store()
+    {
+        // A ring of 16 and a store written only every 30 s: lines 1-84 are neither in the ring nor stored yet.
+        await using var gw = await EnvTestKit.StartAsync(o =>
+        {
+            o.RingSize = 16;
+            o.PersistInterval = TimeSpan.FromSeconds(30);
+        });
+        var e = await gw.CreateShAsync("pending", "i=1; while [ $i -le 100 ]; do echo line$i; i=$((i+1)); done; sleep 60");
+        var id = e.GetProperty("id").GetString()!;
+        await EnvTestKit.WaitUntilAsync(() => gw.GetEnvAsync(id).Result.GetProperty("lastSeq").GetInt64() == 100);
+        await using var socket = await gw.ConnectEnvAsync(id, "logs", "&tail=60");
+        var lines = new List<SeenLine>();
+        EnvTestKit.Collect(await socket.ReceiveTypeAsync("batch"), lines);
+        Assert.Equal(60, lines.Count);
+        AssertContiguous(lines, 41, 100);
+        Assert.All(lines, l => Assert.Equal("line" + l.Seq, l.Message));
+        await using var resumed = await gw.ConnectEnvAsync(id, "logs", "&since=5");
+        var fromSince = await resumed.ReadLinesUntilAsync(l => l.Count > 0 && l[^1].Seq >= 100);
+        AssertContiguous(fromSince, 6, 100);
+    }
+
+    [Fact]
     public async Task Tail_and_stream_filter_on_connect_and_filter_control()
     {
         await using var gw = await EnvTestKit.StartAsync();
