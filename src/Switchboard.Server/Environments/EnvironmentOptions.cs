@@ -83,6 +83,20 @@ public sealed class EnvironmentOptions
     [Range(4096, int.MaxValue)]
     public long TerminalFlowControlBytes { get; set; } = 256 * 1024;
 
+    /// <summary>
+    /// Off (0) by default: a process is never slowed by its log clients, and a client that falls behind a flood is
+    /// closed with 4008 and resumes with <c>since</c>. When set (e.g. 1 MB), the pipe readers of process environments
+    /// pause while a live logs client has more than this many bytes queued, so a client that reads keeps every line
+    /// of a flood and the process writes at the client's pace (it blocks on its pipe, as under <c>docker logs -f</c>
+    /// with a blocking log driver). Keep it at least ~1 MB (one 64 KB pipe read of short lines) below
+    /// <c>Switchboard:Limits:MaxQueuedBytes</c>.
+    /// </summary>
+    [Range(0, long.MaxValue)]
+    public long LogBackpressureBytes { get; set; }
+
+    /// <summary>With <see cref="LogBackpressureBytes"/>: a client that stays behind this long is closed with 4008 and the process resumes.</summary>
+    public TimeSpan LogBackpressureMaxWait { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Docker Engine API endpoint for the <c>docker</c> driver (<c>unix:///run/docker.sock</c>). Empty: the driver is disabled.</summary>
     public string DockerHost { get; set; } = "";
 }

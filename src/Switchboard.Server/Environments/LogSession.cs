@@ -107,6 +107,23 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
 
     private bool Matches(LogRecord r) => _filter == 0 || _filter == r.Stream;
 
+    public long Backlog => _connection.QueuedBytes;
+
+    public bool IsClosing => _connection.IsClosing;
+
+    public void CloseAsSlow()
+    {
+        _connection.Close(CloseCodes.SlowConsumer, "slow consumer: reconnect with since", drain: false);
+        try
+        {
+            _stop.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The session already ended.
+        }
+    }
+
     public void Offer(LogRecord[] lines)
     {
         lock (_gate)

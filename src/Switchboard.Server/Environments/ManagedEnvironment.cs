@@ -10,6 +10,15 @@ namespace Switchboard.Server.Environments;
 internal interface ILogSubscriber
 {
     void Offer(LogRecord[] lines);
+
+    /// <summary>Bytes queued to the client and not yet written (for <see cref="EnvironmentOptions.LogBackpressureBytes"/>).</summary>
+    long Backlog { get; }
+
+    /// <summary>True once the client is closing: never wait for it.</summary>
+    bool IsClosing { get; }
+
+    /// <summary>Closes the client as a slow consumer (4008).</summary>
+    void CloseAsSlow();
 }
 
 /// <summary>What a log subscriber gets when it registers: everything after <see cref="UpTo"/> arrives live.</summary>
@@ -114,7 +123,7 @@ internal sealed partial class ManagedEnvironment
             {
                 workload = Record.Driver switch
                 {
-                    "process" => ProcessWorkload.Start(Record, Append, _options.MaxLineBytes),
+                    "process" => ProcessWorkload.Start(Record, AppendFromPipe, _options.MaxLineBytes),
                     "docker" when _docker is not null => await DockerWorkload.StartAsync(_docker, Record, Append, _options.MaxLineBytes, _logger, CancellationToken.None),
                     _ => throw new IOException($"driver '{Record.Driver}' is not available on this gateway"),
                 };
@@ -292,6 +301,31 @@ internal sealed partial class ManagedEnvironment
     }
 
     // ---------- logs ----------
+
+    // The process pipe readers' sink (dedicated threads, so waiting here blocks only the pipe): append, then, with
+    // LogBackpressureBytes set, pause while a live logs client is that far behind, up to LogBackpressureMaxWait.
+    private void AppendFromPipe(byte stream, List<string> lines)
+    {
+        Append(stream, lines);
+        var limit = _options.LogBackpressureBytes;
+        if (limit <= 0)
+            return;
+        foreach (var s in Volatile.Read(ref _logSubscribers))
+        {
+            if (s.Backlog <= limit)
+                continue;
+            var started = _time.GetTimestamp();
+            while (s.Backlog > limit / 2 && !s.IsClosing)
+            {
+                if (_time.GetElapsedTime(started) > _options.LogBackpressureMaxWait)
+                {
+                    s.CloseAsSlow();
+                    break;
+                }
+                Thread.Sleep(1);
+            }
+        }
+    }
 
     /// <summary>
     /// Called by the pipe readers: numbers the lines, encodes their JSON once (so subscribers only copy bytes), keeps

@@ -266,6 +266,56 @@ public sealed class LogStreamTests
     }
 
     [Fact]
+    public async Task With_log_backpressure_a_slow_reader_gets_every_line_and_a_stuck_one_is_closed_after_the_wait()
+    {
+        await using var gw = await EnvTestKit.StartAsync(
+            o =>
+            {
+                o.LogBackpressureBytes = 512 * 1024;
+                o.LogBackpressureMaxWait = TimeSpan.FromSeconds(2);
+            },
+            g =>
+            {
+                // One 64 KB pipe read of short lines becomes about 1 MB of log JSON: the bound leaves room for it.
+                g.Limits.MaxQueuedBytes = 4 * 1024 * 1024;
+                g.Limits.MaxQueuedMessages = 4096;
+            });
+        // An unpaced flood far faster than the client reads: without backpressure this client gets 4008 (see the flood tests).
+        var e = await gw.CreateShAsync("burst", "seq 1 300000; exec sleep 60", start: false);
+        var id = e.GetProperty("id").GetString()!;
+        await using var reader = await gw.ConnectEnvAsync(id, "logs", "&tail=0");
+        Assert.Equal(0, (await reader.ReceiveTypeAsync("batch")).GetProperty("count").GetInt32());
+        await gw.Api.PostAsync($"api/v1/environments/{id}/start", null);
+        long last = 0, frames = 0;
+        var seqs = new List<long>();
+        while (last < 300_000)
+        {
+            var frame = await reader.ReceiveAsync(TimeSpan.FromSeconds(30))
+                ?? throw new InvalidOperationException($"closed: {reader.CloseStatus} {reader.Socket.CloseStatusDescription} after line {last}");
+            if (++frames % 50 == 0)
+                await Task.Delay(5); // a reader slower than the producer
+            seqs.Clear();
+            ScanSeqs(frame.Data, seqs);
+            foreach (var seq in seqs)
+            {
+                Assert.Equal(last + 1, seq);
+                last = seq;
+            }
+        }
+        Assert.Equal(System.Net.WebSockets.WebSocketState.Open, reader.Socket.State);
+
+        // A client that never reads holds the process back only for LogBackpressureMaxWait, then gets 4008.
+        var stuckEnv = await gw.CreateShAsync("stuck", "yes $(printf '%0200d' 0) | head -n 200000; exec sleep 60", start: false);
+        var stuckId = stuckEnv.GetProperty("id").GetString()!;
+        await using var stuck = await gw.ConnectEnvAsync(stuckId, "logs", "&tail=0");
+        await gw.Api.PostAsync($"api/v1/environments/{stuckId}/start", null);
+        var manager = (EnvironmentManager)gw.Services.GetService(typeof(EnvironmentManager))!;
+        var environment = (await manager.FindAsync(stuckId))!;
+        await EnvTestKit.WaitUntilAsync(() => environment.LastSeq == 200_000, TimeSpan.FromSeconds(40), "the process finishes after the stuck client is dropped");
+        Assert.Contains(await stuck.WaitForCloseAsync(TimeSpan.FromSeconds(20)), new[] { CloseCodes.SlowConsumer, 1006 });
+    }
+
+    [Fact]
     public async Task Under_a_flood_a_fast_client_keeps_up_in_order_while_a_slow_one_gets_4008()
     {
         await using var gw = await EnvTestKit.StartAsync(configure: null, gateway: g =>
