@@ -201,6 +201,9 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
             switch (control.Action)
             {
                 case "pause":
+                    // Lines offered before the pause go out before its ack, so the ack marks where the pause begins.
+                    if (_live && !_isPaused)
+                        SendPending(all: true);
                     _isPaused = true;
                     break;
                 case "resume":
@@ -211,11 +214,9 @@ internal sealed class LogSession : ILogSubscriber, IDisposable
                         if (_skipped > 0)
                             frames.Add(Skipped("paused", _skipped, _skippedFrom, _skippedTo));
                         _skipped = 0;
-                        // Lines kept while paused go out before anything newer, in order.
-                        var kept = _paused.ToList();
+                        // Lines kept while paused go out after any older ones still pending, before anything newer.
+                        _pending.AddRange(_paused);
                         _paused.Clear();
-                        kept.AddRange(_pending);
-                        _pending = kept;
                     }
                     break;
                 case "filter":
