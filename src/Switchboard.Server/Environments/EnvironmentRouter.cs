@@ -55,20 +55,18 @@ internal sealed partial class EnvironmentRouter(
             return ApiResults.Problem(403, "invalid_relay", $"the {NodeRelay.Header} header is only accepted from the gateway's own nodes");
         if (origin is not null || !relay.Enabled || await manager.FindAsync(id) is not null)
             return null;
-        EnvironmentRecord? record;
-        NodeInfo? node;
+        (EnvironmentRecord Record, NodeInfo? Node)? remote;
         try
         {
-            record = await manager.LocateAsync(id, context.RequestAborted);
-            if (record?.NodeId is null || record.NodeId == manager.NodeId)
-                return null;
-            node = await nodes.GetAsync(record.NodeId, context.RequestAborted);
+            remote = await LocateRemoteAsync(id, context.RequestAborted);
         }
         catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
         {
             Log.LookupFailed(logger, ex, id);
             return ApiResults.Problem(503, "store_unavailable", "the environment store could not be read");
         }
+        if (remote is not { Record: var record, Node: var node })
+            return null;
         if (node is not null && NodeRelay.BaseUri(node) is { } baseUri)
         {
             var ok = await relay.RelayHttpAsync(context, node, baseUri, ResponseTimeout, $"environment '{id}'", (c, status, _) =>
@@ -84,6 +82,16 @@ internal sealed partial class EnvironmentRouter(
         if (delete)
             return await manager.DeleteUnavailableAsync(record, CancellationToken.None) ? Results.NoContent() : ApiResults.NotFound($"no environment '{id}'");
         return ApiResults.Problem(503, "node_unavailable", Gone(record));
+    }
+
+    // The stored record and the live owner (null when gone) of an environment another node runs; null when this node
+    // serves it or no node does.
+    private async Task<(EnvironmentRecord Record, NodeInfo? Node)?> LocateRemoteAsync(string id, CancellationToken cancellationToken)
+    {
+        var record = await manager.LocateAsync(id, cancellationToken);
+        if (record?.NodeId is null || record.NodeId == manager.NodeId)
+            return null;
+        return (record, await nodes.GetAsync(record.NodeId, cancellationToken));
     }
 
     /// <summary>
@@ -107,14 +115,10 @@ internal sealed partial class EnvironmentRouter(
         }
         if (!relay.Enabled || !context.WebSockets.IsWebSocketRequest || await manager.FindAsync(id) is not null)
             return false;
-        EnvironmentRecord? record;
-        NodeInfo? node;
+        (EnvironmentRecord Record, NodeInfo? Node)? remote;
         try
         {
-            record = await manager.LocateAsync(id, context.RequestAborted);
-            if (record?.NodeId is null || record.NodeId == manager.NodeId)
-                return false;
-            node = await nodes.GetAsync(record.NodeId, context.RequestAborted);
+            remote = await LocateRemoteAsync(id, context.RequestAborted);
         }
         catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
         {
@@ -122,6 +126,8 @@ internal sealed partial class EnvironmentRouter(
             await RejectAsync(context, acceptor, null, CloseCodes.InternalError, "the environment store could not be read");
             return true;
         }
+        if (remote is not { Record: var record, Node: var node })
+            return false;
         if (node is not null && NodeRelay.BaseUri(node) is { } baseUri)
         {
             var ok = await relay.RelayWebSocketAsync(context, node, baseUri, TimeSpan.FromSeconds(10), $"environment '{id}' {kind}", (c, status, _) =>
