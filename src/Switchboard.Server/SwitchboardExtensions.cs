@@ -53,8 +53,6 @@ public static class SwitchboardExtensions
     /// <summary>Kestrel and host settings every Switchboard server uses.</summary>
     public static WebApplicationBuilder ConfigureSwitchboardHost(this WebApplicationBuilder builder)
     {
-        // Kestrel's socket transport takes its pool from this factory (larger blocks: fewer receive calls per byte).
-        builder.Services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>, Http.BlockMemoryPoolFactory>();
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;
