@@ -104,7 +104,10 @@ internal static class ServeCommand
 
     private static async Task<int> RunAsync(string urls, string dataDir, string tunnelDomain, Secrets secrets, NodeSettings node, CancellationToken cancellationToken)
     {
-        var builder = WebApplication.CreateSlimBuilder();
+        // No file watching for configuration reloads: settings come from flags and environment variables, and the
+        // default watcher (recursive, on the working directory) would see every write to a data dir inside it and use
+        // one inotify watch per subdirectory of wherever the server was started.
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] });
         builder.Configuration.AddEnvironmentVariables();
         builder.WebHost.UseUrls(urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
         builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
