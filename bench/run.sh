@@ -4,6 +4,7 @@
 #   bench/run.sh            full run (about 3-5 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, for a smoke test
 #   bench/run.sh --targets switchboard,raw-wks --scenarios c   a subset of targets and of scenarios (a, b, c)
+#   bench/run.sh --warmup 0   no unmeasured warm-up before (a)/(b) (default 15 s at full speed per server; 3 s with --quick)
 #   bench/run.sh --cluster  cross-node fan-out instead: 1 node (SQLite), 1 node and 3 nodes on one PostgreSQL
 #                           (uses $SWITCHBOARD_DATABASE, else starts a throwaway PostgreSQL with scripts/test-deps.sh;
 #                           writes bench/results/cluster-latest.md; about 2 minutes)

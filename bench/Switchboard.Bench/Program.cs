@@ -64,6 +64,13 @@ try
         await Guard(kind + " (a)+(b)", async () =>
         {
             await using var target = await StartAsync(kind, options, ct);
+            if (options.WarmupSeconds > 0)
+            {
+                // Steady state, not start-up: the server's tiered JIT recompiles hot code in the background for the
+                // first tens of seconds, and a larger server has more to recompile. Unmeasured, same for every target.
+                Console.WriteLine($"   warming up: {options.WarmupSeconds} s at full speed, 100 subscribers (not measured)");
+                await Scenarios.FullSpeedAsync(target, 100, TimeSpan.Zero, TimeSpan.FromSeconds(options.WarmupSeconds), publishers: 8, window: 64, ct);
+            }
             await Guard(kind + " (a)", async () =>
             {
                 if (!options.Scenarios.Contains('a', StringComparison.Ordinal))
@@ -176,7 +183,7 @@ static async Task<string> MintTokenAsync(string dll, string dir, Dictionary<stri
 }
 
 internal sealed record Args(string Switchboard, string Raw, string Out, bool Quick, string[] Targets, bool Cluster = false, string? Database = null, int? Rate = null,
-    string Scenarios = "abc")
+    string Scenarios = "abc", int WarmupSeconds = 15)
 {
     public static Args Parse(string[] args)
     {
@@ -187,6 +194,7 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
         int? rate = null;
         string[] targets = ["switchboard", "raw", "raw-wks"];
         var scenarios = "abc";
+        int? warmup = null;
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -200,11 +208,12 @@ internal sealed record Args(string Switchboard, string Raw, string Out, bool Qui
                 case "--rate": rate = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--targets": targets = args[++i].Split(','); break;
                 case "--scenarios": scenarios = args[++i].Replace(",", "", StringComparison.Ordinal); break;
+                case "--warmup": warmup = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
                 default: throw new ArgumentException("unknown argument " + args[i]);
             }
         }
         return new Args(sb ?? throw new ArgumentException("--switchboard is required"), raw ?? throw new ArgumentException("--raw is required"),
-            output, quick, targets, cluster, database, rate, scenarios);
+            output, quick, targets, cluster, database, rate, scenarios, warmup ?? (quick ? 3 : 15));
     }
 }
 

@@ -41,83 +41,74 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
         return new ChannelPosition(r.GetInt64(0), r.GetString(1));
     }
 
-    // Group commit: appends queue here and one committer commits whatever has queued, up to MaxBatch, in one
-    // transaction. Bounded: when the disk falls behind, publishers wait (back-pressure) instead of memory growing.
+    // Group commit: appends queue here and one writer commits whatever has queued, up to MaxBatch, in one transaction.
+    // Bounded: when the disk falls behind, publishers wait (back-pressure) instead of memory growing.
     private const int MaxBatch = 256;
-    // Batches one work item commits before it yields its thread-pool thread to other work (and is queued again).
-    private const int BatchesPerTurn = 16;
     private readonly Channel<PendingAppend> _appends = Channel.CreateBounded<PendingAppend>(new BoundedChannelOptions(4096) { SingleReader = true });
-    private readonly List<PendingAppend> _batch = new(MaxBatch);
-    private Committer? _committer;
-    private int _scheduled;
-    private volatile bool _disposed;
+    private Task? _writer;
+    private readonly Lock _gate = new();
 
     public async ValueTask<AppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, int retain, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        // Completed synchronously by the committer, in offset order: the publisher's continuation (dispatch to the
-        // channel's subscribers, a few microseconds) runs right there, so dispatch happens in offset order.
+        // Completed synchronously by the writer thread, in offset order: the publisher's continuation (dispatch to the
+        // channel's subscribers, a few microseconds) runs right there instead of queueing behind socket writes in
+        // the thread pool.
         var pending = new PendingAppend(channel, data, Math.Max(retain, 0), new TaskCompletionSource<AppendResult>());
+        EnsureWriter();
         await _appends.Writer.WriteAsync(pending, cancellationToken);
-        ScheduleCommit(preferLocal: true);
         // Once queued the append completes even if the caller gives up, so the caller does not await with its token.
         return await pending.Result.Task;
     }
 
-    // The committer is a thread-pool work item, queued when there is something to commit and none is running. It used
-    // to be a dedicated thread blocked on the queue: on a busy 2-core machine waking it took 2 ms at the median and up to
-    // 65 ms (bench/run.sh scenario (a): 1,000 subscribers, 100 publishes/s), most of the publish latency. Queued to
-    // the publisher's own worker (preferLocal), the commit usually runs on a thread that is already awake, right after
-    // the request processing that queued it. A commit occupies its worker for the SQLite work (sub-millisecond at the
-    // median; a WAL checkpoint adds an fsync now and then), like any CPU-bound item; waiting for the database's write
-    // gate (held by another writer) yields the thread instead of blocking it.
-    private void ScheduleCommit(bool preferLocal)
+    private void EnsureWriter()
     {
-        if (Interlocked.CompareExchange(ref _scheduled, 1, 0) != 0)
+        if (_writer is not null)
             return;
-        ThreadPool.UnsafeQueueUserWorkItem(_committer ??= new Committer(this), preferLocal);
-    }
-
-    private async Task CommitQueuedAsync()
-    {
-        var reader = _appends.Reader;
-        for (var turn = 0; ; turn++)
+        lock (_gate)
         {
-            if (turn == BatchesPerTurn)
-            {
-                // Still busy: give the thread back and continue from the global queue (stays scheduled).
-                ThreadPool.UnsafeQueueUserWorkItem(_committer!, preferLocal: false);
+            if (_writer is not null)
                 return;
-            }
-            while (_batch.Count < MaxBatch && reader.TryRead(out var p))
-                _batch.Add(p);
-            if (_batch.Count == 0)
+            // A dedicated thread: SQLite calls block, and on a 2-core machine a blocked thread-pool worker halves the
+            // threads left to write to sockets.
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
             {
-                Volatile.Write(ref _scheduled, 0);
-                // An append queued after the TryRead above saw the committer scheduled and did not schedule one.
-                if (!reader.TryPeek(out _) || Interlocked.CompareExchange(ref _scheduled, 1, 0) != 0)
-                    return;
-                continue;
-            }
-            try
-            {
-                var results = await CommitAsync(_batch);
-                for (var i = 0; i < _batch.Count; i++)
-                    _batch[i].Result.TrySetResult(results[i]);
-            }
-            catch (Exception ex)
-            {
-                foreach (var p in _batch)
-                    p.Result.TrySetException(ex);
-            }
-            _batch.Clear();
+                try
+                {
+                    WriteLoop();
+                }
+                finally
+                {
+                    done.TrySetResult();
+                }
+            })
+            { IsBackground = true, Name = "switchboard-channel-writer" };
+            thread.Start();
+            _writer = done.Task;
         }
     }
 
-    private sealed class Committer(SqliteChannelStore store) : IThreadPoolWorkItem
+    private void WriteLoop()
     {
-        // Never faults: a failed commit is reported to its appends.
-        public void Execute() => _ = store.CommitQueuedAsync();
+        var batch = new List<PendingAppend>(MaxBatch);
+        var reader = _appends.Reader;
+        while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+        {
+            while (batch.Count < MaxBatch && reader.TryRead(out var p))
+                batch.Add(p);
+            try
+            {
+                var results = CommitAsync(batch).GetAwaiter().GetResult();
+                for (var i = 0; i < batch.Count; i++)
+                    batch[i].Result.TrySetResult(results[i]);
+            }
+            catch (Exception ex)
+            {
+                foreach (var p in batch)
+                    p.Result.TrySetException(ex);
+            }
+            batch.Clear();
+        }
     }
 
     private Task<AppendResult[]> CommitAsync(List<PendingAppend> batch)
@@ -188,16 +179,10 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
         }, CancellationToken.None);
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        // Appends already queued are committed; new ones are refused.
-        _disposed = true;
         _appends.Writer.TryComplete();
-        while (Volatile.Read(ref _scheduled) != 0 || _appends.Reader.TryPeek(out _))
-        {
-            ScheduleCommit(preferLocal: false);
-            await Task.Delay(5, CancellationToken.None);
-        }
+        return _writer is null ? ValueTask.CompletedTask : new ValueTask(_writer);
     }
 
     private sealed record PendingAppend(string Channel, ReadOnlyMemory<byte> Data, int Retain, TaskCompletionSource<AppendResult> Result);
