@@ -2,8 +2,10 @@
 # Tunnel benchmark: the same local server reached directly, through Switchboard, and through pipenet
 # (a localtunnel-style peer), on loopback. Needs: dotnet, node/npm, wrk, curl.
 # Usage: bench/tunnels/run.sh [duration_seconds=10] [connections=50] [big_mb=1024]
+# Each variant first gets an unmeasured warm-up (WARMUP seconds of the same wrk load and a 256 MiB download, default
+# 10 s), so the numbers are steady state, not the .NET tiered JIT's first seconds. WARMUP=0 turns it off.
 set -euo pipefail
-DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}
+DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}; WARMUP=${WARMUP:-10}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -38,6 +40,10 @@ echo "|---|---|---|---|---|---|---|"
 for v in "${VARIANTS[@]}"; do
   IFS='|' read -r name url header <<<"$v"
   H=(); [ -n "$header" ] && H=(-H "$header")
+  if [ "$WARMUP" -gt 0 ]; then
+    wrk -t2 -c"$CONN" -d"${WARMUP}s" "${H[@]}" "$url/small" >/dev/null
+    curl -s -o /dev/null "${H[@]}" "$url/big?mb=256"
+  fi
   out=$(wrk -t2 -c"$CONN" -d"${DUR}s" --latency "${H[@]}" "$url/small")
   rps=$(awk '/Requests\/sec/{printf "%.0f", $2}' <<<"$out"); read -r p50 p99 <<<"$(lat <<<"$out")"
   errs=$(awk '/Non-2xx|Socket errors/{print}' <<<"$out" | tr '\n' ' ')
