@@ -269,7 +269,7 @@ internal static class Report
             sb.AppendLine(c, $"| {i.Target} | {i.Connections:N0} | {i.BaselineKb / 1024.0:F1} | {i.PeakKb / 1024.0:F1} | {i.LoadedKb / 1024.0:F1} | {i.KbPerConnection:F1} | {i.Threads} | {i.Errors} | {i.ConnectSeconds:F1} |");
         sb.AppendLine();
         AppendPhases(sb);
-        sb.AppendLine("GC modes: switchboard = Workstation (the CLI's default), raw-kestrel = Server (Web SDK default), raw-kestrel-wks = Workstation.");
+        sb.AppendLine("GC modes: switchboard = Server GC in its adaptive mode (DATAS), non-concurrent, no dynamic PGO (the CLI's settings), raw-kestrel = Server (Web SDK defaults), raw-kestrel-wks = Workstation. Each server first runs an unmeasured warm-up (--warmup, default 15 s at full speed to 100 subscribers) before (a) and (b).");
         sb.AppendLine();
         if (Failures.Count > 0)
         {

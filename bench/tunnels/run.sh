@@ -2,8 +2,9 @@
 # Tunnel benchmark: the same local server reached directly, through Switchboard, and through pipenet
 # (a localtunnel-style peer), on loopback. Needs: dotnet, node/npm, wrk, curl.
 # Usage: bench/tunnels/run.sh [duration_seconds=10] [connections=50] [big_mb=1024]
-# Each variant first gets an unmeasured warm-up (WARMUP seconds of the same wrk load and a 256 MiB download, default
-# 10 s), so the numbers are steady state, not the .NET tiered JIT's first seconds. WARMUP=0 turns it off.
+# The direct and Switchboard variants first get an unmeasured warm-up (WARMUP seconds of the same wrk load and a 256 MiB
+# download, default 10 s), so the numbers are steady state, not the .NET tiered JIT's first seconds. WARMUP=0 turns it
+# off. pipenet is measured first and without warm-up (see VARIANTS).
 set -euo pipefail
 DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}; WARMUP=${WARMUP:-10}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,8 +30,10 @@ sleep 1
 "$PEER/node_modules/.bin/pipenet" client --port $LOCAL --host http://localhost:$PN --subdomain bench >"$WORK/pipenet-client.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && curl -sf -o /dev/null -H "Host: bench.localhost:$PN" http://127.0.0.1:$PN/small && break; sleep 0.2; done
 
-# name | url | extra wrk/curl header
-VARIANTS=("direct|http://127.0.0.1:$LOCAL|" "switchboard|http://127.0.0.1:$GW/t/bench|" "pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN")
+# name | url | extra wrk/curl header | warm up first
+# pipenet goes first: its client stops forwarding (every request gets an error) when left idle for a few tens of
+# seconds, which is how long the other variants' warm-ups take.
+VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "switchboard|http://127.0.0.1:$GW/t/bench||yes")
 rss() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status; }
 lat() { # prints p50 p99 in ms from wrk --latency output
   awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50, p99}' | sed -E 's/([0-9.]+)us/\1e-3/g; s/([0-9.]+)ms/\1/g; s/([0-9.]+)s/\1e3/g' | awk '{printf "%.3f %.3f", $1, $2}'
@@ -38,9 +41,9 @@ lat() { # prints p50 p99 in ms from wrk --latency output
 echo "| variant | req/s (c=$CONN) | p50 ms (c=$CONN) | p99 ms (c=$CONN) | p50 ms (c=1) | p99 ms (c=1) | ${BIG} MiB download MB/s |"
 echo "|---|---|---|---|---|---|---|"
 for v in "${VARIANTS[@]}"; do
-  IFS='|' read -r name url header <<<"$v"
+  IFS='|' read -r name url header warm <<<"$v"
   H=(); [ -n "$header" ] && H=(-H "$header")
-  if [ "$WARMUP" -gt 0 ]; then
+  if [ "$WARMUP" -gt 0 ] && [ "$warm" = yes ]; then
     wrk -t2 -c"$CONN" -d"${WARMUP}s" "${H[@]}" "$url/small" >/dev/null
     curl -s -o /dev/null "${H[@]}" "$url/big?mb=256"
   fi
