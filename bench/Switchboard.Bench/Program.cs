@@ -8,18 +8,7 @@ using Switchboard.Bench;
 //   Switchboard.Bench --switchboard PATH/switchboard.dll --raw PATH/RawKestrelBroadcast.dll --out results/latest.md [--quick]
 var options = Args.Parse(args);
 using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(options.Quick ? 5 : 12));
-Console.CancelKeyPress += (_, e) =>
-{
-    e.Cancel = true;
-    ServerProcess.KillAll();
-    cts.Cancel();
-};
-using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
-{
-    ServerProcess.KillAll();
-    cts.Cancel();
-});
-AppDomain.CurrentDomain.ProcessExit += (_, _) => ServerProcess.KillAll();
+using var exitHandlers = ServerProcess.KillAllOnExit(cts);
 
 var ct = cts.Token;
 if (options.Cluster)

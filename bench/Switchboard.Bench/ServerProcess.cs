@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace Switchboard.Bench;
 
@@ -24,6 +25,26 @@ internal sealed class ServerProcess : IAsyncDisposable
     public int Port { get; }
     public int Pid => _process.Id;
     public Uri Http => new($"http://127.0.0.1:{Port}");
+
+    /// <summary>
+    /// Kills every server still running and cancels <paramref name="cts"/> on Ctrl+C and SIGTERM, and kills them on
+    /// process exit. Dispose the result when the benchmark ends.
+    /// </summary>
+    public static IDisposable KillAllOnExit(CancellationTokenSource cts)
+    {
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            KillAll();
+            cts.Cancel();
+        };
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => KillAll();
+        return PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
+        {
+            KillAll();
+            cts.Cancel();
+        });
+    }
 
     /// <summary>Kills every server still running (Ctrl+C, unhandled error).</summary>
     public static void KillAll()

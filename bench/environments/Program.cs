@@ -17,18 +17,7 @@ if (args.Length == 3 && args[0] == "produce")
 
 var o = BenchArgs.Parse(args);
 using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(10));
-Console.CancelKeyPress += (_, e) =>
-{
-    e.Cancel = true;
-    ServerProcess.KillAll();
-    cts.Cancel();
-};
-using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
-{
-    ServerProcess.KillAll();
-    cts.Cancel();
-});
-AppDomain.CurrentDomain.ProcessExit += (_, _) => ServerProcess.KillAll();
+using var exitHandlers = ServerProcess.KillAllOnExit(cts);
 var ct = cts.Token;
 var report = new Report(o);
 var loadBefore = Report.LoadAverage();
