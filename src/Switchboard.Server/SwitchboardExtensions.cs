@@ -37,6 +37,7 @@ public static class SwitchboardExtensions
         services.TryAddSingleton<ConnectionRateLimiter>();
         services.TryAddSingleton<ConnectionManager>();
         services.TryAddSingleton<WsAcceptor>();
+        services.TryAddSingleton<WsFastUpgrade>();
         services.AddHostedService<HeartbeatService>();
         services.AddHostedService<ShutdownCoordinator>();
         services.TryAddSingleton<ApiKeyFilter>();
@@ -57,6 +58,9 @@ public static class SwitchboardExtensions
         {
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = null; // bounded per endpoint (publish, webhooks, tunnel uploads)
+            // Outermost connection middleware of every endpoint (outside HTTPS, so TLS connections pass through it).
+            k.ConfigureEndpointDefaults(listen => listen.Use(next =>
+                listen.ApplicationServices.GetService<WsFastUpgrade>() is { } fast ? context => fast.OnConnectionAsync(context, next) : next));
         });
         return builder;
     }

@@ -14,11 +14,7 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
     public TokenService Tokens => tokens;
 
     /// <summary>The bearer credential, or null.</summary>
-    public static string? BearerToken(HttpRequest request)
-    {
-        var header = request.Headers.Authorization.ToString();
-        return header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header[7..].Trim() : null;
-    }
+    public static string? BearerToken(HttpRequest request) => BearerToken(request.Headers.Authorization.ToString());
 
     /// <summary>The token from the query string, the Authorization header or the cookie, in that order.</summary>
     public string? FindToken(HttpRequest request)
@@ -54,11 +50,36 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
     /// <summary>
     /// Authenticates an HTTP or upgrade request: the API key (as bearer) yields <see cref="Grants.Server"/>, else a JWT is validated.
     /// </summary>
-    public async ValueTask<TokenValidation> AuthenticateAsync(HttpRequest request)
+    public ValueTask<TokenValidation> AuthenticateAsync(HttpRequest request) => AuthenticateAsync(BearerToken(request), FindToken(request));
+
+    /// <summary>The same for credentials already read from a request: the bearer value and the token found by <see cref="FindToken"/>.</summary>
+    public async ValueTask<TokenValidation> AuthenticateAsync(string? bearer, string? token)
     {
-        var bearer = BearerToken(request);
         if (bearer is not null && IsApiKey(bearer))
             return new(Grants.Server, null);
-        return await tokens.ValidateAsync(FindToken(request));
+        return await tokens.ValidateAsync(token);
+    }
+
+    /// <summary>The bearer credential of an <c>Authorization</c> header value, or null.</summary>
+    public static string? BearerToken(string? authorization) =>
+        authorization is not null && authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? authorization[7..].Trim() : null;
+
+    /// <summary>The value of the token cookie in a <c>Cookie</c> header value, or null (same decoding as ASP.NET Core's cookie collection).</summary>
+    public string? CookieToken(string? cookieHeader)
+    {
+        if (string.IsNullOrEmpty(cookieHeader))
+            return null;
+        foreach (var part in cookieHeader.Split(';'))
+        {
+            var pair = part.AsSpan().Trim();
+            var eq = pair.IndexOf('=');
+            if (eq <= 0 || !pair[..eq].Trim().SequenceEqual(_cookieName))
+                continue;
+            var value = pair[(eq + 1)..].Trim();
+            if (value.Length >= 2 && value[0] == '"' && value[^1] == '"')
+                value = value[1..^1];
+            return Uri.UnescapeDataString(value.ToString());
+        }
+        return null;
     }
 }

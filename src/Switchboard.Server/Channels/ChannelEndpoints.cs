@@ -23,6 +23,12 @@ public static class ChannelEndpoints
     public static IEndpointRouteBuilder MapChannels(this IEndpointRouteBuilder app)
     {
         app.Map("/api/v1/ws", HandleWebSocketAsync);
+        var services = app.ServiceProvider;
+        var acceptor = services.GetRequiredService<WsAcceptor>();
+        var hub = services.GetRequiredService<ChannelHub>();
+        var options = services.GetRequiredService<IOptions<SwitchboardOptions>>();
+        services.GetService<WsFastUpgrade>()?.Map("/api/v1/ws", "channels", anonymous: false,
+            (connection, _, ct) => RunSessionAsync(connection, acceptor, hub, options.Value, ct));
         app.MapGet("/api/v1/sse", HandleSseAsync);
 
         var api = app.MapGroup("/api/v1/channels").AddEndpointFilter<StoreUnavailableFilter>();
@@ -36,13 +42,18 @@ public static class ChannelEndpoints
     private static async Task HandleWebSocketAsync(HttpContext context, WsAcceptor acceptor, ChannelHub hub, IOptions<SwitchboardOptions> options)
     {
         var connection = await acceptor.AcceptAsync(context, "channels");
-        if (connection is null)
-            return;
-        var session = new ChannelSession(connection, hub, options.Value.Limits.MaxSubscriptionsPerConnection);
-        connection.TrySendJson(new WelcomeMessage(connection.Id, options.Value.Heartbeat.Interval.TotalSeconds), ProtocolJsonContext.Default.WelcomeMessage);
+        if (connection is not null)
+            await RunSessionAsync(connection, acceptor, hub, options.Value, context.RequestAborted);
+    }
+
+    // The channel protocol on an accepted connection, whichever way it was accepted (HTTP pipeline or WsFastUpgrade).
+    private static async Task RunSessionAsync(WsConnection connection, WsAcceptor acceptor, ChannelHub hub, SwitchboardOptions options, CancellationToken cancellationToken)
+    {
+        var session = new ChannelSession(connection, hub, options.Limits.MaxSubscriptionsPerConnection);
+        connection.TrySendJson(new WelcomeMessage(connection.Id, options.Heartbeat.Interval.TotalSeconds), ProtocolJsonContext.Default.WelcomeMessage);
         try
         {
-            await acceptor.RunAsync(connection, session.HandleAsync, context.RequestAborted);
+            await acceptor.RunAsync(connection, session.HandleAsync, cancellationToken);
         }
         finally
         {

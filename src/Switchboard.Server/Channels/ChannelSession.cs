@@ -8,7 +8,7 @@ namespace Switchboard.Server.Channels;
 /// <summary>The channel protocol on one WebSocket connection: parses client messages and holds its subscriptions.</summary>
 internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, int maxSubscriptions) : IChannelSubscriber, IRecoverableSubscriber
 {
-    private readonly Dictionary<string, bool> _subscriptions = new(StringComparer.Ordinal);
+    private readonly Subscriptions _subscriptions = new();
     private readonly Lock _gate = new();
 
     public string Id => connection.Id;
@@ -58,7 +58,7 @@ internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, in
         }
         lock (_gate)
         {
-            if (_subscriptions.ContainsKey(channel!))
+            if (_subscriptions.Contains(channel!))
             {
                 Error("already_subscribed", "already subscribed to this channel", channel, message.Id);
                 return;
@@ -68,7 +68,7 @@ internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, in
                 Error("too_many_subscriptions", $"at most {maxSubscriptions} subscriptions per connection", channel, message.Id);
                 return;
             }
-            _subscriptions[channel!] = true;
+            _subscriptions.Add(channel!);
         }
         await hub.SubscribeAsync(channel!, this, message.Since, result =>
         {
@@ -132,10 +132,49 @@ internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, in
         string[] channels;
         lock (_gate)
         {
-            channels = [.. _subscriptions.Keys];
-            _subscriptions.Clear();
+            channels = _subscriptions.TakeAll();
         }
         foreach (var c in channels)
             hub.Unsubscribe(c, this);
+    }
+
+    /// <summary>
+    /// The channels of one connection. Most connections view one channel, and every idle connection holds this, so
+    /// the first is a field and a set exists only from the second on. Not thread-safe (guarded by the session's gate).
+    /// </summary>
+    private sealed class Subscriptions
+    {
+        private string? _first;
+        private HashSet<string>? _more;
+
+        public int Count => (_first is null ? 0 : 1) + (_more?.Count ?? 0);
+
+        public bool Contains(string channel) => channel == _first || (_more?.Contains(channel) ?? false);
+
+        public void Add(string channel)
+        {
+            if (_first is null)
+                _first = channel;
+            else
+                (_more ??= new HashSet<string>(StringComparer.Ordinal)).Add(channel);
+        }
+
+        public bool Remove(string channel)
+        {
+            if (channel == _first)
+            {
+                _first = null;
+                return true;
+            }
+            return _more?.Remove(channel) ?? false;
+        }
+
+        public string[] TakeAll()
+        {
+            string[] all = [.. (_first is null ? [] : new[] { _first }), .. (_more ?? [])];
+            _first = null;
+            _more = null;
+            return all;
+        }
     }
 }

@@ -47,7 +47,7 @@ public sealed partial class ConnectionManager
 
     internal WsConnection Create(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, bool inlineWrites = false) =>
         new(socket, endpoint, grants, remoteIp, inlineWrites ? _settings with { InlineWrites = true } : _settings, _metrics,
-            _loggerFactory.CreateLogger("Switchboard.Connections"), _time);
+            _loggerFactory.CreateLogger("Switchboard.Connections"), _time, this);
 
     /// <summary>Registers an accepted connection, enforcing the per-user limit. False when the limit is reached.</summary>
     internal bool TryRegister(WsConnection connection)
@@ -61,6 +61,7 @@ public sealed partial class ConnectionManager
         return true;
     }
 
+    /// <summary>Called by the connection itself when it finishes (a connection that was never registered is ignored).</summary>
     internal void Unregister(WsConnection connection)
     {
         if (!_connections.TryRemove(connection.Id, out _))

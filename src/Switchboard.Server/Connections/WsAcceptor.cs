@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.WebSockets;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
@@ -55,18 +56,36 @@ public sealed partial class WsAcceptor(
             return null;
         }
 
-        TokenValidation validation;
-        var hasCredential = auth.FindToken(context.Request) is not null;
-        if (anonymous && !hasCredential)
-            validation = new(new Grants("anonymous:" + Guid.NewGuid().ToString("N")[..12], [], [], [], [], [], null), null);
-        else
-            validation = await auth.AuthenticateAsync(context.Request);
-
+        var request = context.Request;
+        var validation = await ValidateAsync(RequestAuth.BearerToken(request), auth.FindToken(request), anonymous);
         var socket = await context.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext
         {
             KeepAliveInterval = TimeSpan.Zero, // the application heartbeat (HeartbeatService) replaces protocol keep-alives
             DangerousEnableCompression = false,
         });
+        return await CompleteAsync(socket, endpoint, ip, validation, inlineWrites);
+    }
+
+    /// <summary>
+    /// For an upgrade read without the HTTP pipeline (<see cref="WsFastUpgrade"/>): every check that answers with an
+    /// HTTP status (shutting down, origin, per-IP rate). False: let the HTTP pipeline handle the request, which
+    /// repeats the checks and answers with the documented status.
+    /// </summary>
+    internal bool TryAdmit(string? origin, string? host, IPAddress? remoteIp) =>
+        !manager.IsShuttingDown && origins.IsAllowed(origin, host) && rateLimiter.TryAcquire(remoteIp);
+
+    /// <summary>
+    /// Validates the credential of an upgrade: <paramref name="bearer"/> may be the API key; <paramref name="token"/> is
+    /// the JWT found in the query, header or cookie. With <paramref name="anonymous"/> and no token, anonymous grants.
+    /// </summary>
+    internal ValueTask<TokenValidation> ValidateAsync(string? bearer, string? token, bool anonymous) =>
+        anonymous && token is null
+            ? ValueTask.FromResult(new TokenValidation(new Grants("anonymous:" + Guid.NewGuid().ToString("N")[..12], [], [], [], [], [], null), null))
+            : auth.AuthenticateAsync(bearer, token);
+
+    /// <summary>After the upgrade: refuses an invalid credential (4401) or a user over the limit (4429), else registers the connection.</summary>
+    internal async Task<WsConnection?> CompleteAsync(WebSocket socket, string endpoint, IPAddress? ip, TokenValidation validation, bool inlineWrites)
+    {
         var connection = manager.Create(socket, endpoint, validation.Grants ?? new Grants("unauthenticated", [], [], [], [], [], null), ip, inlineWrites);
         if (!validation.IsValid)
         {
@@ -88,31 +107,12 @@ public sealed partial class WsAcceptor(
         return connection.RejectAsync(code, reason);
     }
 
-    /// <summary>Runs a registered connection to its end and unregisters it.</summary>
-    public async Task RunAsync(WsConnection connection, MessageHandler handler, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await connection.RunAsync(handler, cancellationToken);
-        }
-        finally
-        {
-            manager.Unregister(connection);
-        }
-    }
+    /// <summary>Runs a registered connection to its end (it unregisters itself when it finishes).</summary>
+    public Task RunAsync(WsConnection connection, MessageHandler handler, CancellationToken cancellationToken) =>
+        connection.RunAsync(handler, cancellationToken);
 
     /// <summary>Closes a registered connection before running it (resource not found, forbidden) and unregisters it.</summary>
-    public async Task CloseRegisteredAsync(WsConnection connection, int code, string reason)
-    {
-        try
-        {
-            await connection.RejectAsync(code, reason);
-        }
-        finally
-        {
-            manager.Unregister(connection);
-        }
-    }
+    public Task CloseRegisteredAsync(WsConnection connection, int code, string reason) => connection.RejectAsync(code, reason);
 
     private static partial class Log
     {
@@ -126,9 +126,11 @@ public sealed class OriginPolicy(IOptions<SwitchboardOptions> options)
 {
     private readonly string[] _allowed = [.. options.Value.AllowedOrigins.Select(o => o.TrimEnd('/'))];
 
-    public bool IsAllowed(HttpRequest request)
+    public bool IsAllowed(HttpRequest request) => IsAllowed(request.Headers.Origin.ToString(), request.Host.Value);
+
+    /// <summary>The same for header values already read: <paramref name="origin"/> (empty: not a browser) and the <c>Host</c> header.</summary>
+    public bool IsAllowed(string? origin, string? host)
     {
-        var origin = request.Headers.Origin.ToString();
         if (string.IsNullOrEmpty(origin))
             return true; // not a browser
         foreach (var allowed in _allowed)
@@ -138,6 +140,6 @@ public sealed class OriginPolicy(IOptions<SwitchboardOptions> options)
         }
         // Same origin: the Origin's authority equals the Host header.
         return Uri.TryCreate(origin, UriKind.Absolute, out var uri) &&
-               string.Equals(uri.Authority, request.Host.Value, StringComparison.OrdinalIgnoreCase);
+               string.Equals(uri.Authority, host, StringComparison.OrdinalIgnoreCase);
     }
 }

@@ -43,7 +43,9 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private readonly SwitchboardMetrics _metrics;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
-    private readonly CancellationTokenSource _sendCancellation = new();
+    private readonly ConnectionManager? _manager;
+    // Created by the first Close: bounds the close (and the drain before it) by aborting the socket when it fires.
+    private CancellationTokenSource? _sendCancellation;
     private readonly TaskCompletionSource _completed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _queuedBytes;
     private long _lastSeen;
@@ -56,8 +58,9 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private uint _sentFrames; // only the active sender touches it
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
-        SwitchboardMetrics metrics, ILogger logger, TimeProvider time)
+        SwitchboardMetrics metrics, ILogger logger, TimeProvider time, ConnectionManager? manager = null)
     {
+        _manager = manager;
         _socket = socket;
         Endpoint = endpoint;
         Grants = grants;
@@ -69,8 +72,6 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         Id = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
         ConnectedAt = time.GetUtcNow();
         _lastSeen = _lastPing = time.GetTimestamp();
-        // When a close does not complete within its timeout, abort the socket so both loops end.
-        _sendCancellation.Token.Register(static s => ((WebSocket)s!).Abort(), socket);
     }
 
     /// <summary>Random id, unique per process; clients see it in <c>welcome</c> and may pass it as <c>excludeConnection</c>.</summary>
@@ -169,6 +170,10 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     {
         if (Interlocked.CompareExchange(ref _closeRequested, 1, 0) != 0)
             return;
+        // When the close does not complete within its timeout, abort the socket so reads and sends end.
+        var cancellation = new CancellationTokenSource();
+        cancellation.Token.Register(static s => ((WebSocket)s!).Abort(), _socket);
+        Volatile.Write(ref _sendCancellation, cancellation);
         _closeCode = code;
         _closeReason = TruncateUtf8(reason, 123); // RFC 6455: the close reason is at most 123 bytes of UTF-8
         var startClose = false;
@@ -190,26 +195,10 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             _ = SendCloseFrameAsync();
         try
         {
-            _sendCancellation.CancelAfter(_settings.CloseTimeout);
+            cancellation.CancelAfter(_settings.CloseTimeout);
         }
         catch (ObjectDisposedException)
         {
-        }
-    }
-
-    /// <summary>Runs the read and write loops until the connection ends. Exceptions of the handler close the connection (1008 or 1011).</summary>
-    public async Task RunAsync(MessageHandler handler, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await ReadLoopAsync(handler, cancellationToken);
-        }
-        finally
-        {
-            // The read side is over: the peer closed, we closed, or the socket failed. Make sure the sender finishes.
-            Close(_closeCode, _closeReason, drain: false);
-            await SenderIdleAsync();
-            Finish();
         }
     }
 
@@ -257,7 +246,13 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         }
     }
 
-    private async Task ReadLoopAsync(MessageHandler handler, CancellationToken cancellationToken)
+    /// <summary>
+    /// Runs the connection until it ends: reads messages and hands each to <paramref name="handler"/> (with
+    /// <paramref name="cancellationToken"/>); exceptions of the handler close the connection (1008 or 1011). Idle reads
+    /// are not registered with the token: they end when the socket closes or is aborted. One async frame per idle
+    /// connection (the read loop and its cleanup), since every frame is memory held by every idle connection.
+    /// </summary>
+    public async Task RunAsync(MessageHandler handler, CancellationToken cancellationToken)
     {
         var max = _settings.MaxMessageBytes;
         try
@@ -265,7 +260,7 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             while (true)
             {
                 // Zero-byte read: an idle connection holds no receive buffer.
-                var peek = await _socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken);
+                var peek = await _socket.ReceiveAsync(Memory<byte>.Empty, CancellationToken.None);
                 if (peek.MessageType == WebSocketMessageType.Close)
                 {
                     OnPeerClosed();
@@ -346,6 +341,13 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             Log.HandlerFailed(_logger, ex, Id, Endpoint);
             Close(CloseCodes.InternalError, "internal error", drain: false);
             await DrainReadsAsync();
+        }
+        finally
+        {
+            // The read side is over: the peer closed, we closed, or the socket failed. Make sure the sender finishes.
+            Close(_closeCode, _closeReason, drain: false);
+            await SenderIdleAsync();
+            Finish();
         }
     }
 
@@ -489,7 +491,7 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         try
         {
             if (_socket.State is WebSocketState.Open or WebSocketState.CloseReceived)
-                await _socket.CloseOutputAsync((WebSocketCloseStatus)SafeCode(_closeCode), _closeReason, _sendCancellation.Token);
+                await _socket.CloseOutputAsync((WebSocketCloseStatus)SafeCode(_closeCode), _closeReason, _sendCancellation!.Token);
         }
         catch (Exception ex) when (ex is WebSocketException or OperationCanceledException or IOException or ObjectDisposedException)
         {
@@ -566,7 +568,8 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             return;
         _socket.Abort();
         _socket.Dispose();
-        _sendCancellation.Dispose();
+        Volatile.Read(ref _sendCancellation)?.Dispose();
+        _manager?.Unregister(this);
         _completed.TrySetResult();
     }
 

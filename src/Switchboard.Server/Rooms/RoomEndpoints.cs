@@ -34,6 +34,10 @@ public static class RoomEndpoints
     public static IEndpointRouteBuilder MapRooms(this IEndpointRouteBuilder app)
     {
         app.Map("/v1/websocket", HandleWebSocketAsync);
+        var acceptor = app.ServiceProvider.GetRequiredService<WsAcceptor>();
+        var rooms = app.ServiceProvider.GetRequiredService<RoomManager>();
+        app.ServiceProvider.GetService<WsFastUpgrade>()?.Map("/v1/websocket", "rooms", anonymous: true,
+            (connection, tokenPresented, ct) => RunSessionAsync(connection, tokenPresented, acceptor, rooms, ct));
 
         var api = app.MapGroup("/v1/api").AddEndpointFilter<ApiKeyFilter>().AddEndpointFilter<StoreUnavailableFilter>();
         api.MapPost("/rooms", CreateAsync);
@@ -48,12 +52,17 @@ public static class RoomEndpoints
     {
         var tokenPresented = auth.FindToken(context.Request) is not null;
         var connection = await acceptor.AcceptAsync(context, "rooms", anonymous: true);
-        if (connection is null)
-            return;
+        if (connection is not null)
+            await RunSessionAsync(connection, tokenPresented, acceptor, rooms, context.RequestAborted);
+    }
+
+    // The room protocol on an accepted connection, whichever way it was accepted (HTTP pipeline or WsFastUpgrade).
+    private static async Task RunSessionAsync(WsConnection connection, bool tokenPresented, WsAcceptor acceptor, RoomManager rooms, CancellationToken cancellationToken)
+    {
         var session = new RoomSession(connection, rooms, tokenPresented);
         try
         {
-            await acceptor.RunAsync(connection, session.HandleAsync, context.RequestAborted);
+            await acceptor.RunAsync(connection, session.HandleAsync, cancellationToken);
         }
         finally
         {

@@ -1,0 +1,96 @@
+using System.Buffers;
+using System.IO.Pipelines;
+
+namespace Switchboard.Server.Connections;
+
+/// <summary>
+/// The stream a WebSocket reads and writes when it was accepted on the connection itself (<see cref="WsFastUpgrade"/>):
+/// reads copy out of the transport's input pipe, writes go into its output pipe. A zero-byte read waits for data without
+/// taking a buffer (the transport itself waits for readability before renting one), so an idle socket holds none.
+/// Disposing wakes a pending read or flush; it does not close the connection (the connection middleware decides
+/// between a graceful end and an abort).
+/// </summary>
+internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
+{
+    private readonly PipeReader _input = transport.Input;
+    private readonly PipeWriter _output = transport.Output;
+    private volatile bool _disposed;
+
+    public override bool CanRead => true;
+    public override bool CanWrite => true;
+    public override bool CanSeek => false;
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken = default)
+    {
+        while (true)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var result = await _input.ReadAsync(cancellationToken);
+            var buffer = result.Buffer;
+            if (result.IsCanceled)
+            {
+                _input.AdvanceTo(buffer.Start);
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                continue;
+            }
+            if (buffer.IsEmpty && result.IsCompleted)
+            {
+                _input.AdvanceTo(buffer.End);
+                return 0; // the peer closed the connection
+            }
+            if (destination.IsEmpty)
+            {
+                _input.AdvanceTo(buffer.Start); // data is there; consume and examine nothing, so the next read returns at once
+                return 0;
+            }
+            var count = (int)Math.Min(buffer.Length, destination.Length);
+            var slice = buffer.Slice(0, count);
+            slice.CopyTo(destination.Span);
+            _input.AdvanceTo(slice.End);
+            return count;
+        }
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var result = await _output.WriteAsync(source, cancellationToken);
+        if (result.IsCanceled)
+            throw new ObjectDisposedException(nameof(DuplexPipeStream));
+        if (result.IsCompleted)
+            throw new IOException("the connection was closed");
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override async Task FlushAsync(CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var result = await _output.FlushAsync(cancellationToken);
+        if (result.IsCanceled)
+            throw new ObjectDisposedException(nameof(DuplexPipeStream));
+    }
+
+    public override void Flush() => throw new NotSupportedException("synchronous I/O is not supported");
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException("synchronous I/O is not supported");
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException("synchronous I/O is not supported");
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && !_disposed)
+        {
+            _disposed = true;
+            _input.CancelPendingRead();
+            _output.CancelPendingFlush();
+        }
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,179 @@
+using System.Collections.Frozen;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.WebSockets;
+using System.Text;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.WebUtilities;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Switchboard.Server.Auth;
+
+namespace Switchboard.Server.Connections;
+
+/// <summary>Runs a registered connection of one endpoint to its end. <paramref name="tokenPresented"/>: the upgrade carried a token.</summary>
+public delegate Task UpgradedConnectionHandler(WsConnection connection, bool tokenPresented, CancellationToken cancellationToken);
+
+/// <summary>
+/// Accepts WebSocket upgrades to the high-fan-out endpoints (channels, rooms) on the connection itself, before Kestrel's
+/// HTTP/1.1 layer: a Kestrel connection middleware reads the first request head; when it is a well-formed upgrade to a
+/// registered path that passes the same origin, rate and shutdown checks, it answers 101 and runs the WebSocket over
+/// the transport's pipes. An idle connection then holds the socket, its two pipes, the WebSocket and our session, but
+/// no HTTP connection, request, response, header dictionaries, HttpContext or request-scoped services (about half of
+/// what an idle WebSocket costs when accepted through the HTTP pipeline; see docs/benchmarks.md).
+/// <para>
+/// Everything else goes on to the HTTP pipeline untouched, with the bytes read so far still unconsumed: other paths,
+/// TLS (the middleware runs outside HTTPS), HTTP/2, any unusual or malformed head, and upgrades that would be refused
+/// with an HTTP status (origin 403, rate 429, shutting down 503), which the endpoint then answers as before. Only the
+/// first request of a connection is examined. Behaviour after the 101 (token validation with 4401, per-user limits,
+/// close codes, heartbeats, shutdown) is the same code as for the HTTP path. Off with
+/// <see cref="SwitchboardOptions.DirectWebSocketUpgrade"/>.
+/// </para>
+/// </summary>
+public sealed partial class WsFastUpgrade(
+    WsAcceptor acceptor,
+    RequestAuth auth,
+    IOptions<SwitchboardOptions> options,
+    IOptions<KestrelServerOptions> kestrel,
+    ILogger<WsFastUpgrade> logger)
+{
+    private sealed record Route(string Endpoint, bool Anonymous, UpgradedConnectionHandler Handler);
+
+    private static readonly byte[] SwitchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: "u8.ToArray();
+
+    private readonly Dictionary<string, Route> _building = new(StringComparer.Ordinal);
+    private FrozenDictionary<string, Route>? _routes;
+    private readonly bool _enabled = options.Value.DirectWebSocketUpgrade;
+    private readonly string _tunnelSuffix = "." + options.Value.TunnelDomain;
+    private readonly TimeSpan _headTimeout = kestrel.Value.Limits.RequestHeadersTimeout;
+
+    /// <summary>Registers a path (exact, case-sensitive, as the HTTP endpoint mapped for the same handler). Call before the server starts.</summary>
+    public void Map(string path, string endpoint, bool anonymous, UpgradedConnectionHandler handler)
+    {
+        if (_routes is not null)
+            throw new InvalidOperationException("routes must be mapped before the server accepts connections");
+        _building[path] = new Route(endpoint, anonymous, handler);
+    }
+
+    /// <summary>The Kestrel connection middleware.</summary>
+    public async Task OnConnectionAsync(ConnectionContext context, ConnectionDelegate next)
+    {
+        var routes = _routes ??= _building.ToFrozenDictionary(StringComparer.Ordinal);
+        if (!_enabled || routes.Count == 0)
+        {
+            await next(context);
+            return;
+        }
+        UpgradeHead? head;
+        Route route;
+        var input = context.Transport.Input;
+        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.ConnectionClosed))
+        {
+            timeout.CancelAfter(_headTimeout);
+            while (true)
+            {
+                ReadResult result;
+                try
+                {
+                    result = await input.ReadAsync(timeout.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    context.Abort(); // no complete request head in time (Kestrel's RequestHeadersTimeout)
+                    return;
+                }
+                var buffer = result.Buffer;
+                var status = UpgradeHead.TryParse(buffer, routes.Keys, out head, out var end);
+                if (status == UpgradeHeadStatus.Incomplete && !result.IsCompleted && !result.IsCanceled)
+                {
+                    input.AdvanceTo(buffer.Start, buffer.End);
+                    continue;
+                }
+                if (status == UpgradeHeadStatus.Matched && !IsTunnelHost(head!.Host) &&
+                    acceptor.TryAdmit(head.Origin, head.Host, (context.RemoteEndPoint as IPEndPoint)?.Address))
+                {
+                    input.AdvanceTo(end); // the head is consumed; what follows is the WebSocket's
+                    route = routes[head.Path];
+                    break;
+                }
+                input.AdvanceTo(buffer.Start); // nothing consumed or examined: Kestrel reads the same bytes at once
+                await next(context);
+                return;
+            }
+        }
+
+        // One async frame for the whole connection (this one): it is held by every idle connection, as is every local
+        // that lives across an await, so the request head is dropped once read.
+        WebSocket? socket = null;
+        try
+        {
+            var bearer = RequestAuth.BearerToken(head.Authorization);
+            var token = QueryToken(head.Query) ?? bearer ?? auth.CookieToken(head.Cookie);
+            var accept = UpgradeHead.AcceptValue(head.Key);
+            head = null;
+            var validation = await acceptor.ValidateAsync(bearer, token, route.Anonymous);
+            var tokenPresented = token is not null;
+            bearer = token = null;
+            if (!await WriteSwitchingProtocolsAsync(context.Transport.Output, accept, context.ConnectionClosed))
+            {
+                context.Abort();
+                return;
+            }
+            socket = WebSocket.CreateFromStream(new DuplexPipeStream(context.Transport),
+                new WebSocketCreationOptions { IsServer = true, KeepAliveInterval = TimeSpan.Zero });
+            var connection = await acceptor.CompleteAsync(socket, route.Endpoint, (context.RemoteEndPoint as IPEndPoint)?.Address, validation, inlineWrites: false);
+            validation = default;
+            if (connection is not null)
+                await route.Handler(connection, tokenPresented, context.ConnectionClosed);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ConnectionResetException)
+        {
+            // The peer went away during the handshake.
+        }
+        catch (Exception ex)
+        {
+            Log.Failed(logger, ex, route.Endpoint);
+        }
+        finally
+        {
+            // A completed close handshake ends gracefully (queued bytes are flushed, then FIN); anything else is aborted.
+            if (socket is null || socket.State != WebSocketState.Closed)
+                context.Abort();
+            socket?.Dispose();
+        }
+    }
+
+    private static async ValueTask<bool> WriteSwitchingProtocolsAsync(PipeWriter output, string accept, CancellationToken cancellationToken)
+    {
+        var length = SwitchingProtocols.Length + accept.Length + 4;
+        var span = output.GetSpan(length);
+        SwitchingProtocols.CopyTo(span);
+        var written = SwitchingProtocols.Length + Encoding.ASCII.GetBytes(accept, span[SwitchingProtocols.Length..]);
+        "\r\n\r\n"u8.CopyTo(span[written..]);
+        output.Advance(written + 4);
+        var flush = await output.FlushAsync(cancellationToken);
+        return !flush.IsCompleted && !flush.IsCanceled;
+    }
+
+    // Same decoding and key comparison as HttpRequest.Query.
+    private static string? QueryToken(string query) =>
+        query.Length > 1 && QueryHelpers.ParseNullableQuery(query) is { } values && values.TryGetValue("token", out var token) && !string.IsNullOrEmpty(token)
+            ? token.ToString()
+            : null;
+
+    private bool IsTunnelHost(string host)
+    {
+        if (host.StartsWith('['))
+            return false; // an IPv6 literal
+        var colon = host.IndexOf(':');
+        var name = colon < 0 ? host.AsSpan() : host.AsSpan(0, colon);
+        return name.EndsWith(_tunnelSuffix, StringComparison.OrdinalIgnoreCase);
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(1211, LogLevel.Error, "WebSocket connection on {Endpoint} failed.")]
+        public static partial void Failed(ILogger logger, Exception exception, string endpoint);
+    }
+}
