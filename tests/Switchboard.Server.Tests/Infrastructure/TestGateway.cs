@@ -46,7 +46,7 @@ public sealed class TestGateway : IAsyncDisposable
     public IServiceProvider Services => App.Services;
 
     public static async Task<TestGateway> StartAsync(Action<SwitchboardOptions>? configure = null, string? dataDir = null,
-        Action<IServiceCollection>? services = null)
+        Action<IServiceCollection>? services = null, Action<WebApplication>? pipeline = null)
     {
         dataDir ??= Path.Combine(Path.GetTempPath(), "switchboard-tests", Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dataDir);
@@ -65,6 +65,7 @@ public sealed class TestGateway : IAsyncDisposable
         builder.Services.AddSwitchboardSqlite(dataDir);
         services?.Invoke(builder.Services);
         var app = builder.Build();
+        pipeline?.Invoke(app);
         app.MapSwitchboard();
         await app.StartAsync();
         return new TestGateway(app, dataDir);
