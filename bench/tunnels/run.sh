@@ -15,7 +15,7 @@ LOCAL=19000; GW=19080; PN=19090
 PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
 
 dotnet build "$ROOT/src/Switchboard.Cli" -c Release -m:1 -v q -nologo >/dev/null
-SB="$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"
+SB=${SWITCHBOARD_BIN:-"$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"}
 if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
   mkdir -p "$PEER" && (cd "$PEER" && npm init -y >/dev/null && npm install --silent pipenet@1.4.3 >/dev/null)
 fi

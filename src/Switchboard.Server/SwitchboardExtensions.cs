@@ -23,9 +23,10 @@ public static class SwitchboardExtensions
 {
     public static IServiceCollection AddSwitchboard(this IServiceCollection services, Action<SwitchboardOptions>? configure = null)
     {
-        var options = services.AddOptions<SwitchboardOptions>().BindConfiguration(SwitchboardOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        var options = services.AddOptions<SwitchboardOptions>().BindConfiguration(SwitchboardOptions.Section).ValidateOnStart();
         if (configure is not null)
             options.Configure(configure);
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SwitchboardOptions>, SwitchboardOptionsAnnotations>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SwitchboardOptions>, SwitchboardOptionsValidator>());
         services.TryAddSingleton(TimeProvider.System);
         services.AddMetrics();

@@ -1,4 +1,5 @@
 using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
 
 namespace Switchboard.Server;
 
@@ -17,9 +18,12 @@ public sealed class SwitchboardOptions
     public string TunnelDomain { get; set; } = "localhost";
 
     public AuthOptions Auth { get; set; } = new();
+    [ValidateObjectMembers]
     public LimitsOptions Limits { get; set; } = new();
     public HeartbeatOptions Heartbeat { get; set; } = new();
+    [ValidateObjectMembers]
     public ChannelOptions Channels { get; set; } = new();
+    [ValidateObjectMembers]
     public RoomOptions Rooms { get; set; } = new();
 
     /// <summary>

@@ -3,7 +3,10 @@ using System.Text;
 
 namespace Switchboard.Cli.Tests;
 
-/// <summary>Runs the real <c>switchboard</c> CLI (the built switchboard.dll next to the tests) as a child process.</summary>
+/// <summary>
+/// Runs the real <c>switchboard</c> CLI as a child process: the built switchboard.dll next to the tests, or the native
+/// executable named by <c>SWITCHBOARD_TEST_CLI</c> (test.sh runs these tests a second time against the native build).
+/// </summary>
 internal sealed class CliProcess : IAsyncDisposable
 {
     private readonly Process _process;
@@ -22,14 +25,18 @@ internal sealed class CliProcess : IAsyncDisposable
 
     public static string Dll => Path.Combine(AppContext.BaseDirectory, "switchboard.dll");
 
+    /// <summary>The native executable under test, or null for the managed build.</summary>
+    public static string? Native => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_CLI") is { Length: > 0 } path ? Path.GetFullPath(path) : null;
+
     public string Stdout { get { lock (_gate) return _stdout.ToString(); } }
     public string Stderr { get { lock (_gate) return _stderr.ToString(); } }
     public Process Process => _process;
 
     public static CliProcess Start(string workingDirectory, IDictionary<string, string>? env, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Dll);
+        var psi = new ProcessStartInfo(Native ?? "dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
+        if (Native is null)
+            psi.ArgumentList.Add(Dll);
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         foreach (var key in new[] { "SWITCHBOARD_JWT_SECRET", "SWITCHBOARD_API_KEY", "SWITCHBOARD_DATABASE", "SWITCHBOARD_URLS", "SWITCHBOARD_DATA_DIR" })

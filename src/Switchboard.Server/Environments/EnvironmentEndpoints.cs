@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using Switchboard.Protocol;
 using Switchboard.Protocol.Environments;
@@ -19,7 +20,8 @@ public static class EnvironmentEndpoints
 {
     public static IServiceCollection AddEnvironments(this IServiceCollection services)
     {
-        services.AddOptions<EnvironmentOptions>().BindConfiguration(EnvironmentOptions.Section).ValidateDataAnnotations();
+        services.AddOptions<EnvironmentOptions>().BindConfiguration(EnvironmentOptions.Section);
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EnvironmentOptions>, EnvironmentOptionsAnnotations>());
         services.AddSingleton<EnvironmentManager>();
         services.AddSingleton<EnvironmentRouter>();
         services.AddHostedService(sp => sp.GetRequiredService<EnvironmentManager>());

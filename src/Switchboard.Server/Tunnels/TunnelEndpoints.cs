@@ -16,7 +16,8 @@ public static class TunnelEndpoints
 {
     public static IServiceCollection AddTunnels(this IServiceCollection services)
     {
-        services.AddOptions<TunnelOptions>().BindConfiguration(TunnelOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<TunnelOptions>().BindConfiguration(TunnelOptions.Section).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<TunnelOptions>, TunnelOptionsAnnotations>());
         services.TryAddSingleton<TunnelHub>();
         services.TryAddSingleton<TunnelRelay>();
         services.TryAddSingleton<TunnelForwarder>();

@@ -1,0 +1,94 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace Switchboard.Cli.Tests;
+
+/// <summary><c>switchboard serve</c> and <c>switchboard tunnel http PORT</c> as a person runs them, with a real local HTTP server.</summary>
+public sealed partial class TunnelCommandTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("switchboard-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [GeneratedRegex(@"Listening\s+(http://\S+)")]
+    private static partial Regex ListeningLine();
+
+    [GeneratedRegex(@"Forwarding\s+(http://127\.0\.0\.1:\d+/t/\S+/)\s+->")]
+    private static partial Regex PathForwardingLine();
+
+    [Fact]
+    public async Task Tunnel_forwards_from_the_printed_url_and_stops_with_the_agent()
+    {
+        var port = FreePort();
+        using var local = new HttpListener();
+        local.Prefixes.Add($"http://127.0.0.1:{port}/");
+        local.Start();
+        var serving = ServeAsync(local);
+
+        await using var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0");
+        var url = ListeningLine().Match(await serve.WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30))).Groups[1].Value;
+        var (code, token, error) = await CliProcess.RunAsync(_dir, null, "tokens", "create", "--kind", "agent");
+        Assert.True(code == 0, error);
+
+        string publicUrl;
+        await using (var agent = CliProcess.Start(_dir, null, "tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                         "--server", url, "--token", token.Trim(), "--subdomain", "cli-test"))
+        {
+            var printed = await agent.WaitForOutputAsync("/t/cli-test/", TimeSpan.FromSeconds(30));
+            publicUrl = PathForwardingLine().Match(printed).Groups[1].Value;
+            Assert.Equal(url + "/t/cli-test/", publicUrl);
+
+            using var http = new HttpClient();
+            var get = await http.GetAsync(publicUrl + "hello?x=1");
+            Assert.Equal(HttpStatusCode.OK, get.StatusCode);
+            Assert.Equal("GET /hello?x=1", await get.Content.ReadAsStringAsync());
+            var body = new string('z', 300_000);
+            var post = await http.PostAsync(publicUrl + "echo", new StringContent(body, Encoding.UTF8, "text/plain"));
+            Assert.Equal("POST /echo " + body, await post.Content.ReadAsStringAsync());
+            await agent.WaitForOutputAsync("POST", TimeSpan.FromSeconds(10)); // the live request line
+
+            Assert.Equal(143, await agent.StopAsync()); // SIGTERM: 128 + 15, the POSIX convention of System.CommandLine
+        }
+
+        using var after = new HttpClient();
+        var gone = await after.GetAsync(publicUrl + "hello");
+        Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
+        Assert.Contains("cli-test", await gone.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        local.Stop();
+        await serving;
+    }
+
+    // Answers "METHOD /path?query" plus the request body.
+    private static async Task ServeAsync(HttpListener listener)
+    {
+        while (listener.IsListening)
+        {
+            HttpListenerContext context;
+            try
+            {
+                context = await listener.GetContextAsync();
+            }
+            catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or InvalidOperationException)
+            {
+                return;
+            }
+            using var reader = new StreamReader(context.Request.InputStream);
+            var body = await reader.ReadToEndAsync();
+            var text = context.Request.HttpMethod + " " + context.Request.Url!.PathAndQuery + (body.Length > 0 ? " " + body : "");
+            var bytes = Encoding.UTF8.GetBytes(text);
+            context.Response.ContentType = "text/plain";
+            context.Response.ContentLength64 = bytes.Length;
+            await context.Response.OutputStream.WriteAsync(bytes);
+            context.Response.Close();
+        }
+    }
+
+    private static int FreePort()
+    {
+        using var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        return ((IPEndPoint)probe.LocalEndpoint).Port;
+    }
+}
