@@ -17,8 +17,13 @@ dotnet build Switchboard.slnx -c Release -nologo -v quiet | tail -n 3 || exit 1
 dotnet test Switchboard.slnx -c Release --no-build -nologo \
   --logger "trx" --results-directory "$results" -- xUnit.ParallelizeTestCollections=true || status=$?
 
+# The CLI tests once more against the native build (what scripts/publish-native.sh ships).
+native=$(./scripts/publish-native.sh "$results/native") || { echo "native build failed" >&2; exit 1; }
+SWITCHBOARD_TEST_CLI="$native" dotnet test tests/Switchboard.Cli.Tests -c Release --no-build -nologo \
+  --logger "trx" --results-directory "$results/native-trx" || status=$?
+
 passed=0; failed=0
-for f in "$results"/*.trx; do
+for f in "$results"/*.trx "$results"/native-trx/*.trx; do
   [ -f "$f" ] || continue
   counters=$(grep -o '<Counters [^>]*>' "$f" | head -n1)
   p=$(sed -n 's/.*passed="\([0-9]*\)".*/\1/p' <<<"$counters"); f_=$(sed -n 's/.*failed="\([0-9]*\)".*/\1/p' <<<"$counters")

@@ -17,6 +17,10 @@ apt_install() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
   || echo $((20000 + RANDOM % 20000)); }
 
+# --- C toolchain and zlib: linking the native (AOT) build, whose CLI tests test.sh runs too ---
+command -v gcc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || apt_install gcc
+[ -f /usr/include/zlib.h ] || apt_install zlib1g-dev
+
 # --- PostgreSQL: a throwaway cluster on a free loopback port (store specification, bus and cluster tests) ---
 if [ -z "${SWITCHBOARD_TEST_POSTGRES:-}" ]; then
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)

@@ -14,8 +14,17 @@ trap cleanup EXIT
 LOCAL=19000; GW=19080; PN=19090
 PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
 
-dotnet build "$ROOT/src/Switchboard.Cli" -c Release -m:1 -v q -nologo >/dev/null
-SB=${SWITCHBOARD_BIN:-"$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"}
+# The gateway and agent under test: the native build by default (what scripts/publish-native.sh ships),
+# NATIVE=0 for the managed build (dotnet build), SWITCHBOARD_BIN=PATH for any other executable.
+if [ -n "${SWITCHBOARD_BIN:-}" ]; then
+  SB=$SWITCHBOARD_BIN
+elif [ "${NATIVE:-1}" = 1 ]; then
+  SB=$("$ROOT/scripts/publish-native.sh" "$ROOT/bench/tunnels/bin/native")
+else
+  dotnet build "$ROOT/src/Switchboard.Cli" -c Release -m:1 -v q -nologo >/dev/null
+  SB="$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"
+fi
+echo "switchboard under test: $SB" >&2
 if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
   mkdir -p "$PEER" && (cd "$PEER" && npm init -y >/dev/null && npm install --silent pipenet@1.4.3 >/dev/null)
 fi
