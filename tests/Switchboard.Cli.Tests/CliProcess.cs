@@ -64,7 +64,12 @@ internal sealed class CliProcess : IAsyncDisposable
             if (Stdout.Contains(text, StringComparison.Ordinal))
                 return Stdout;
             if (_process.HasExited)
+            {
+                _process.WaitForExit(); // the output events can trail the exit
+                if (Stdout.Contains(text, StringComparison.Ordinal))
+                    return Stdout;
                 throw new InvalidOperationException($"process exited with {_process.ExitCode}: {Stdout}\n{Stderr}");
+            }
             await Task.Delay(50);
         }
         throw new TimeoutException($"'{text}' not printed within {timeout}: {Stdout}\n{Stderr}");

@@ -52,8 +52,18 @@ public sealed partial class TunnelCommandTests : IDisposable
             Assert.Equal(143, await agent.StopAsync()); // SIGTERM: 128 + 15, the POSIX convention of System.CommandLine
         }
 
+        // Once the gateway has seen the agent go: 404 naming the tunnel. While it is still closing: 502 (never "busy").
         using var after = new HttpClient();
-        var gone = await after.GetAsync(publicUrl + "hello");
+        HttpResponseMessage gone;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            gone = await after.GetAsync(publicUrl + "hello");
+            if (gone.StatusCode == HttpStatusCode.NotFound || DateTime.UtcNow > deadline)
+                break;
+            Assert.Equal(HttpStatusCode.BadGateway, gone.StatusCode);
+            await Task.Delay(50);
+        }
         Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
         Assert.Contains("cli-test", await gone.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         local.Stop();

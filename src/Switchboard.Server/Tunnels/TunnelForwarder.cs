@@ -102,7 +102,10 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         if (stream is null)
         {
             context.Response.Headers.RetryAfter = "1";
-            await WriteErrorAsync(context, 503, "tunnel_busy", $"Tunnel '{name}' is busy.", $"Tunnel '{name}' has {_options.MaxConcurrentStreams} requests in flight; retry shortly.");
+            if (session.Connection.IsClosing) // the agent is leaving: same answer as an agent gone mid-request
+                await WriteErrorAsync(context, 502, "agent_disconnected", $"Tunnel '{name}' lost its agent.", $"The agent of tunnel '{name}' is disconnecting; if it reconnects, retry.");
+            else
+                await WriteErrorAsync(context, 503, "tunnel_busy", $"Tunnel '{name}' is busy.", $"Tunnel '{name}' has {_options.MaxConcurrentStreams} requests in flight; retry shortly.");
             return;
         }
         var started = Stopwatch.GetTimestamp();

@@ -71,7 +71,15 @@ public sealed class CliAgentProcess : IDisposable
         var clock = Stopwatch.StartNew();
         while (!Output.Contains(text, StringComparison.Ordinal))
         {
-            if (clock.Elapsed > timeout || (_process.HasExited && !Output.Contains(text, StringComparison.Ordinal)))
+            if (_process.HasExited)
+            {
+                // The output events can trail the exit: the parameterless wait returns once both streams reached EOF.
+                _process.WaitForExit();
+                if (Output.Contains(text, StringComparison.Ordinal))
+                    return;
+                Assert.Fail($"no '{text}' from the agent (exited with {_process.ExitCode}); output:\n{Output}");
+            }
+            if (clock.Elapsed > timeout)
                 Assert.Fail($"no '{text}' from the agent; output:\n{Output}");
             await Task.Delay(50);
         }
