@@ -7,8 +7,15 @@ namespace Switchboard.Cli.Tests;
 /// Runs the real <c>switchboard</c> CLI as a child process: the built switchboard.dll next to the tests, or the native
 /// executable named by <c>SWITCHBOARD_TEST_CLI</c> (test.sh runs these tests a second time against the native build).
 /// </summary>
-internal sealed class CliProcess : IAsyncDisposable
+internal sealed partial class CliProcess : IAsyncDisposable
 {
+    [System.Text.RegularExpressions.GeneratedRegex(@"Listening\s+(http://\S+)")]
+    private static partial System.Text.RegularExpressions.Regex ListeningLine();
+
+    /// <summary>The gateway URL a <c>serve</c> process printed, once it is ready (<c>Mint a token</c> is its last line).</summary>
+    public async Task<string> WaitForListeningUrlAsync() =>
+        ListeningLine().Match(await WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30))).Groups[1].Value;
+
     private readonly Process _process;
     private readonly StringBuilder _stdout = new();
     private readonly StringBuilder _stderr = new();

@@ -10,8 +10,6 @@ public sealed partial class EnvAndTokensCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    [GeneratedRegex(@"Listening\s+(http://\S+)")]
-    private static partial Regex ListeningLine();
 
     private Task<(int ExitCode, string Stdout, string Stderr)> Run(params string[] args) => CliProcess.RunAsync(_dir, null, args);
 
@@ -19,7 +17,7 @@ public sealed partial class EnvAndTokensCommandTests : IDisposable
     public async Task Env_create_ls_logs_and_rm_work_from_the_cli_and_bad_flags_are_explained()
     {
         await using var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0");
-        var url = ListeningLine().Match(await serve.WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30))).Groups[1].Value;
+        var url = await serve.WaitForListeningUrlAsync();
 
         var created = await Run("env", "create", "demo", "--server", url, "-e", "GREETING=hello", "--",
             "sh", "-c", "echo \"$GREETING one\"; echo two >&2; echo three; sleep 60");

@@ -11,8 +11,6 @@ public sealed partial class ServeCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    [GeneratedRegex(@"Listening\s+(http://\S+)")]
-    private static partial Regex ListeningLine();
 
     [Fact]
     public async Task First_start_generates_private_secrets_prints_them_once_and_tokens_work()
@@ -21,8 +19,8 @@ public sealed partial class ServeCommandTests : IDisposable
         string apiKey;
         await using (var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0"))
         {
-            var output = await serve.WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30));
-            url = ListeningLine().Match(output).Groups[1].Value;
+            url = await serve.WaitForListeningUrlAsync();
+            var output = serve.Stdout;
             Assert.StartsWith("http://127.0.0.1:", url);
             var keyFile = Path.Combine(_dir, "data", "api-key");
             var jwtFile = Path.Combine(_dir, "data", "jwt-secret");

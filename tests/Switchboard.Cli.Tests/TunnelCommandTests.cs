@@ -12,8 +12,6 @@ public sealed partial class TunnelCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    [GeneratedRegex(@"Listening\s+(http://\S+)")]
-    private static partial Regex ListeningLine();
 
     [GeneratedRegex(@"Forwarding\s+(http://127\.0\.0\.1:\d+/t/\S+/)\s+->")]
     private static partial Regex PathForwardingLine();
@@ -28,7 +26,7 @@ public sealed partial class TunnelCommandTests : IDisposable
         var serving = ServeAsync(local);
 
         await using var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0");
-        var url = ListeningLine().Match(await serve.WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30))).Groups[1].Value;
+        var url = await serve.WaitForListeningUrlAsync();
         var (code, token, error) = await CliProcess.RunAsync(_dir, null, "tokens", "create", "--kind", "agent");
         Assert.True(code == 0, error);
 
