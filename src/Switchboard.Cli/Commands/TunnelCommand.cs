@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using Switchboard.Client.Tunnels;
 using Switchboard.Protocol;
 using Switchboard.Protocol.Tunnels;
@@ -83,6 +84,17 @@ internal static class TunnelCommand
 
     private static async Task<int> RunAsync(TunnelAgentOptions options, CancellationToken cancellationToken)
     {
+        // Ctrl-C and SIGTERM stop the agent gracefully: the tunnel is closed with a close frame ("agent stopped"), so the
+        // gateway drops it at once and answers 404, and the process exits with 0.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            stop.Cancel();
+        }
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        cancellationToken = stop.Token;
         await using var agent = new TunnelAgent(options);
         var first = true;
         agent.Connected += ack =>

@@ -96,7 +96,7 @@ public sealed class TunnelAgent : IAsyncDisposable
                     (_, running) = await ConnectAsync(token);
                     attempt = 0;
                 }
-                var code = await running;
+                var code = await running.WaitAsync(token); // cancelled while connected: DisposeAsync closes the tunnel
                 if (code is CloseCodes.ResourceClosed or CloseCodes.Unauthorized or CloseCodes.Forbidden or CloseCodes.NotFound)
                     throw new TunnelRefusedException(code, code == CloseCodes.ResourceClosed
                         ? "another agent took over this tunnel" : $"the gateway closed the tunnel ({code})");
