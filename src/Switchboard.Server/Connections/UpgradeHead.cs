@@ -131,7 +131,7 @@ internal sealed class UpgradeHead
             if (!ok)
                 return UpgradeHeadStatus.NotMatched;
         }
-        if (host is null || key is null || version != "13" || !HasToken(upgrade, "websocket") || !HasToken(connection, "upgrade") || !IsValidKey(key))
+        if (host is null || !IsValidHost(host) || key is null || version != "13" || !HasToken(upgrade, "websocket") || !HasToken(connection, "upgrade") || !IsValidKey(key))
             return UpgradeHeadStatus.NotMatched;
         head = new UpgradeHead
         {
@@ -210,6 +210,17 @@ internal sealed class UpgradeHead
                 return true;
         }
         return false;
+    }
+
+    // The characters of a host name, an IPv4 or bracketed IPv6 literal and a port (RFC 3986 reg-name, as Kestrel checks it).
+    private static bool IsValidHost(string host)
+    {
+        foreach (var c in host)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || "-._~!$&'()*+,;=:[]%".Contains(c)))
+                return false;
+        }
+        return true;
     }
 
     private static bool IsValidKey(string key)

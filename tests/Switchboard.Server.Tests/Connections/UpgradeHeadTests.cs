@@ -67,6 +67,8 @@ public sealed class UpgradeHeadTests
     [InlineData("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8")]
     [InlineData("Sec-WebSocket-Key: " + Key, "Sec-WebSocket-Key: c2hvcnQ=")]
     [InlineData("Host: gw.example:8080\r\n", "")]
+    [InlineData("Host: gw.example:8080", "Host: gw.example/evil")]
+    [InlineData("Host: gw.example:8080", "Host: gw example")]
     public void A_head_that_is_not_a_valid_upgrade_is_left_to_kestrel(string replace, string with) =>
         Assert.Equal(UpgradeHeadStatus.NotMatched, Parse(Head().Replace(replace, with, StringComparison.Ordinal), out _, out _));
 
