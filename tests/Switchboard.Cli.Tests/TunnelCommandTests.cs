@@ -65,6 +65,12 @@ public sealed partial class TunnelCommandTests : IDisposable
         }
         Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
         Assert.Contains("cli-test", await gone.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+
+        // The agent closed the tunnel with a close frame (1000), not by dropping the connection (1006).
+        after.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer",
+            File.ReadAllText(Path.Combine(_dir, "data", "api-key")).Trim());
+        var metrics = await after.GetStringAsync(url + "/metrics");
+        Assert.Contains("switchboard_connections_closed_total{endpoint=\"tunnel\",code=\"1000\"} 1", metrics, StringComparison.Ordinal);
         local.Stop();
         await serving;
     }

@@ -149,9 +149,11 @@ public sealed class TunnelAgent : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)
             return;
-        await _disposed.CancelAsync();
+        // Close first: cancelling _disposed cancels the connection's pending receive, which aborts the WebSocket, and
+        // the gateway would see a dropped connection (1006) instead of "agent stopped" (1000).
         if (_current is { } c)
             await c.CloseAsync();
+        await _disposed.CancelAsync();
         _http.Dispose();
         _disposed.Dispose();
     }

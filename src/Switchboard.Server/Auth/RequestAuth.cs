@@ -64,22 +64,19 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
     public static string? BearerToken(string? authorization) =>
         authorization is not null && authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? authorization[7..].Trim() : null;
 
-    /// <summary>The value of the token cookie in a <c>Cookie</c> header value, or null (same decoding as ASP.NET Core's cookie collection).</summary>
-    public string? CookieToken(string? cookieHeader)
+    /// <summary>
+    /// The token cookie from <c>Cookie</c> header values, parsed by ASP.NET Core's own cookie parser, so the result is
+    /// exactly what <see cref="FindToken"/> reads from <c>request.Cookies</c> (name matching, duplicates, quoting).
+    /// </summary>
+    public string? CookieToken(Microsoft.Extensions.Primitives.StringValues cookieHeaders)
     {
-        if (string.IsNullOrEmpty(cookieHeader))
+        if (cookieHeaders.Count == 0)
             return null;
-        foreach (var part in cookieHeader.Split(';'))
+        var features = new Microsoft.AspNetCore.Http.Features.FeatureCollection();
+        features.Set<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>(new Microsoft.AspNetCore.Http.Features.HttpRequestFeature
         {
-            var pair = part.AsSpan().Trim();
-            var eq = pair.IndexOf('=');
-            if (eq <= 0 || !pair[..eq].Trim().SequenceEqual(_cookieName))
-                continue;
-            var value = pair[(eq + 1)..].Trim();
-            if (value.Length >= 2 && value[0] == '"' && value[^1] == '"')
-                value = value[1..^1];
-            return Uri.UnescapeDataString(value.ToString());
-        }
-        return null;
+            Headers = new HeaderDictionary { [Microsoft.Net.Http.Headers.HeaderNames.Cookie] = cookieHeaders },
+        });
+        return new Microsoft.AspNetCore.Http.Features.RequestCookiesFeature(features).Cookies.TryGetValue(_cookieName, out var c) ? c : null;
     }
 }

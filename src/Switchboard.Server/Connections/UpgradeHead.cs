@@ -36,7 +36,8 @@ internal sealed class UpgradeHead
     public required string Host { get; init; }
     public string? Origin { get; init; }
     public string? Authorization { get; init; }
-    public string? Cookie { get; init; }
+    /// <summary>Every <c>Cookie</c> header line, as the HTTP pipeline would see them.</summary>
+    public Microsoft.Extensions.Primitives.StringValues Cookie { get; init; }
     public required string Key { get; init; }
 
     /// <summary>Parses the start of <paramref name="buffer"/>; on a match, <paramref name="end"/> is where the head ends (the WebSocket's first byte).</summary>
@@ -85,6 +86,14 @@ internal sealed class UpgradeHead
         var pathBytes = pathEnd < 0 ? target : target[..pathEnd];
         if (!AnyPathStartsWith(paths, pathBytes, exact: pathEnd >= 0))
             return UpgradeHeadStatus.NotMatched;
+        // Only CRLF line ends: a bare LF or CR is left to Kestrel, which decides by its own settings (and a head that
+        // uses them would otherwise wait here for a CRLF CRLF that never comes).
+        for (var i = data.IndexOfAny((byte)'\r', (byte)'\n'); i >= 0 && i < data.Length; i++)
+        {
+            var b = data[i];
+            if ((b == '\n' && (i == 0 || data[i - 1] != '\r')) || (b == '\r' && i + 1 < data.Length && data[i + 1] != '\n'))
+                return UpgradeHeadStatus.NotMatched;
+        }
         var headEnd = data.IndexOf(EndOfHead);
         if (headEnd < 0)
             return UpgradeHeadStatus.Incomplete;
@@ -102,7 +111,8 @@ internal sealed class UpgradeHead
         var path = Encoding.ASCII.GetString(question < 0 ? targetBytes : targetBytes[..question]);
         var query = question < 0 ? "" : Encoding.ASCII.GetString(targetBytes[question..]);
 
-        string? host = null, origin = null, authorization = null, cookie = null, key = null, version = null, upgrade = null, connection = null;
+        string? host = null, origin = null, authorization = null, key = null, version = null, upgrade = null, connection = null;
+        var cookie = Microsoft.Extensions.Primitives.StringValues.Empty;
         lines = lines[(lineEnd + 2)..];
         while (!lines.IsEmpty)
         {
@@ -123,7 +133,11 @@ internal sealed class UpgradeHead
             else if (Is(name, "authorization")) ok = Once(ref authorization, value);
             else if (Is(name, "sec-websocket-key")) ok = Once(ref key, value);
             else if (Is(name, "sec-websocket-version")) ok = Once(ref version, value);
-            else if (Is(name, "cookie")) ok = Join(ref cookie, value, "; ");
+            else if (Is(name, "cookie"))
+            {
+                cookie = Microsoft.Extensions.Primitives.StringValues.Concat(cookie, value);
+                ok = true;
+            }
             else if (Is(name, "upgrade")) ok = Join(ref upgrade, value, ",");
             else if (Is(name, "connection")) ok = Join(ref connection, value, ",");
             else if (Is(name, "content-length")) ok = value == "0";
@@ -212,16 +226,35 @@ internal sealed class UpgradeHead
         return false;
     }
 
-    // The characters of a host name, an IPv4 or bracketed IPv6 literal and a port (RFC 3986 reg-name, as Kestrel checks it).
+    // host [":" port]: a reg-name or IPv4 address, or an IPv6 literal in brackets; the port all digits (the rules Kestrel
+    // applies before it answers 400). An empty Host is allowed, as by Kestrel for an origin-form target.
     private static bool IsValidHost(string host)
     {
-        foreach (var c in host)
+        var name = host.AsSpan();
+        if (name.StartsWith("["))
         {
-            if (!(char.IsAsciiLetterOrDigit(c) || "-._~!$&'()*+,;=:[]%".Contains(c)))
+            var close = name.IndexOf(']');
+            if (close < 0 || name[1..close].ContainsAnyExcept("0123456789abcdefABCDEF:.%"))
+                return false;
+            name = name[(close + 1)..];
+            return name.IsEmpty || (name[0] == ':' && IsPort(name[1..]));
+        }
+        var colon = name.IndexOf(':');
+        if (colon >= 0)
+        {
+            if (!IsPort(name[(colon + 1)..]))
+                return false;
+            name = name[..colon];
+        }
+        foreach (var c in name)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || "-._~!$&'()*+,;=%".Contains(c)))
                 return false;
         }
         return true;
     }
+
+    private static bool IsPort(ReadOnlySpan<char> port) => port.Length is > 0 and <= 5 && !port.ContainsAnyExceptInRange('0', '9');
 
     private static bool IsValidKey(string key)
     {

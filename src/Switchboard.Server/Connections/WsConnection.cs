@@ -174,6 +174,8 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         var cancellation = new CancellationTokenSource();
         cancellation.Token.Register(static s => ((WebSocket)s!).Abort(), _socket);
         Volatile.Write(ref _sendCancellation, cancellation);
+        if (Volatile.Read(ref _finished) != 0)
+            cancellation.Dispose(); // Finish ran before the source was published: nothing left to bound
         _closeCode = code;
         _closeReason = TruncateUtf8(reason, 123); // RFC 6455: the close reason is at most 123 bytes of UTF-8
         var startClose = false;

@@ -40,6 +40,10 @@ public sealed partial class WsFastUpgrade(
 {
     private sealed record Route(string Endpoint, bool Anonymous, UpgradedConnectionHandler Handler);
 
+    // A head that needs more reads than this (a client trickling bytes) is left to Kestrel, which has its own defences;
+    // each read re-parses what is buffered, so this bounds the work per connection.
+    private const int MaxReadsPerHead = 32;
+
     private static readonly byte[] SwitchingProtocols = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: "u8.ToArray();
 
     private readonly Dictionary<string, Route> _building = new(StringComparer.Ordinal);
@@ -65,42 +69,13 @@ public sealed partial class WsFastUpgrade(
             await next(context);
             return;
         }
-        UpgradeHead? head;
-        Route route;
-        var input = context.Transport.Input;
-        using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.ConnectionClosed))
+        var (head, route, aborted) = await ReadHeadAsync(context, routes);
+        if (aborted)
+            return;
+        if (head is null || route is null)
         {
-            timeout.CancelAfter(_headTimeout);
-            while (true)
-            {
-                ReadResult result;
-                try
-                {
-                    result = await input.ReadAsync(timeout.Token);
-                }
-                catch (OperationCanceledException)
-                {
-                    context.Abort(); // no complete request head in time (Kestrel's RequestHeadersTimeout)
-                    return;
-                }
-                var buffer = result.Buffer;
-                var status = UpgradeHead.TryParse(buffer, routes.Keys, out head, out var end);
-                if (status == UpgradeHeadStatus.Incomplete && !result.IsCompleted && !result.IsCanceled)
-                {
-                    input.AdvanceTo(buffer.Start, buffer.End);
-                    continue;
-                }
-                if (status == UpgradeHeadStatus.Matched && !IsTunnelHost(head!.Host) &&
-                    acceptor.TryAdmit(head.Origin, head.Host, (context.RemoteEndPoint as IPEndPoint)?.Address))
-                {
-                    input.AdvanceTo(end); // the head is consumed; what follows is the WebSocket's
-                    route = routes[head.Path];
-                    break;
-                }
-                input.AdvanceTo(buffer.Start); // nothing consumed or examined: Kestrel reads the same bytes at once
-                await next(context);
-                return;
-            }
+            await next(context); // the bytes read so far are still unconsumed: Kestrel reads the same request
+            return;
         }
 
         // One async frame for the whole connection (this one): it is held by every idle connection, as is every local
@@ -141,6 +116,42 @@ public sealed partial class WsFastUpgrade(
             if (socket is null || socket.State != WebSocketState.Closed)
                 context.Abort();
             socket?.Dispose();
+        }
+    }
+
+    // Reads until the head is a matching upgrade (consumed, returned with its route) or cannot be one (nothing consumed
+    // or examined, null: the caller hands the connection to Kestrel). Aborts the connection when the head does not
+    // arrive within Kestrel's RequestHeadersTimeout or the peer resets it.
+    private async Task<(UpgradeHead? Head, Route? Route, bool Aborted)> ReadHeadAsync(ConnectionContext context, FrozenDictionary<string, Route> routes)
+    {
+        var input = context.Transport.Input;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.ConnectionClosed);
+        timeout.CancelAfter(_headTimeout);
+        try
+        {
+            var result = await input.ReadAsync(timeout.Token);
+            for (var round = 1; ; round++)
+            {
+                var buffer = result.Buffer;
+                var status = UpgradeHead.TryParse(buffer, routes.Keys, out var head, out var end);
+                if (status == UpgradeHeadStatus.Matched && !IsTunnelHost(head!.Host) &&
+                    acceptor.TryAdmit(head.Origin, head.Host, (context.RemoteEndPoint as IPEndPoint)?.Address))
+                {
+                    input.AdvanceTo(end); // the head is consumed; what follows is the WebSocket's
+                    return (head, routes[head.Path], false);
+                }
+                // Nothing examined either (examined may not move backwards later): the next read waits for more
+                // bytes by asking for more than are buffered.
+                input.AdvanceTo(buffer.Start);
+                if (status != UpgradeHeadStatus.Incomplete || result.IsCompleted || result.IsCanceled || round >= MaxReadsPerHead)
+                    return (null, null, false);
+                result = await input.ReadAtLeastAsync((int)buffer.Length + 1, timeout.Token);
+            }
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or IOException)
+        {
+            context.Abort(); // no complete head in time, or the peer reset the connection
+            return (null, null, true);
         }
     }
 

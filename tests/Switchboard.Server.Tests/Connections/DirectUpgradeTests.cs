@@ -135,6 +135,40 @@ public sealed class DirectUpgradeTests
     }
 
     [Fact]
+    public async Task A_head_read_in_pieces_and_then_refused_gets_the_pipelines_answer()
+    {
+        await using var gw = await TestGateway.StartAsync(o => o.AllowedOrigins = ["https://app.example.com"]);
+        var key = Convert.ToBase64String(RandomNumberGenerator.GetBytes(16));
+
+        // Split over writes, then refused (origin): the bytes read while waiting are handed to Kestrel intact.
+        using (var tcp = await RawAsync(gw))
+        {
+            var head = $"GET /api/v1/ws?token={gw.Token()} HTTP/1.1\r\nHost: {gw.BaseUri.Authority}\r\nOrigin: https://evil.example.net\r\n" +
+                       $"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n";
+            foreach (var part in head.Chunk(60))
+            {
+                await SendAsync(tcp, new string(part));
+                await Task.Delay(100); // each piece read on its own
+            }
+            Assert.StartsWith("HTTP/1.1 403 ", await ReadHeadAsync(tcp), StringComparison.Ordinal);
+        }
+
+        // Bare LF line ends never complete a CRLF head: handed to Kestrel at once, which answers (no wait for the timeout).
+        using (var tcp = await RawAsync(gw))
+        {
+            await SendAsync(tcp, $"GET /api/v1/ws HTTP/1.1\nHost: {gw.BaseUri.Authority}\nUpgrade: websocket\nConnection: Upgrade\n" +
+                                 $"Sec-WebSocket-Key: {key}\nSec-WebSocket-Version: 13\n\n");
+            var answer = await ReadHeadAsync(tcp, "\n\n");
+            Assert.StartsWith("HTTP/1.1 ", answer, StringComparison.Ordinal);
+        }
+
+        // The same cookie twice: the direct path takes the value the pipeline would (ASP.NET Core's cookie parser).
+        var carol = gw.Token("carol");
+        await using var cookie = await gw.ConnectAsync("api/v1/ws", o => o.SetRequestHeader("Cookie", "switchboard_token=not-a-jwt; switchboard_token=" + carol));
+        Assert.Equal("welcome", (await cookie.ReceiveJsonAsync()).GetProperty("type").GetString());
+    }
+
+    [Fact]
     public async Task An_incomplete_head_is_dropped_after_the_request_headers_timeout()
     {
         await using var gw = await TestGateway.StartAsync(services: s => s.Configure<KestrelServerOptions>(k => k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(1)));
@@ -181,12 +215,12 @@ public sealed class DirectUpgradeTests
 
     private static Task SendAsync(TcpClient tcp, string text) => tcp.GetStream().WriteAsync(Encoding.ASCII.GetBytes(text)).AsTask();
 
-    private static async Task<string> ReadHeadAsync(TcpClient tcp)
+    private static async Task<string> ReadHeadAsync(TcpClient tcp, string end = "\r\n\r\n")
     {
         var head = new StringBuilder();
         var one = new byte[1];
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        while (!head.ToString().EndsWith("\r\n\r\n", StringComparison.Ordinal))
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        while (!head.ToString().EndsWith(end, StringComparison.Ordinal) && !head.ToString().EndsWith("\r\n\r\n", StringComparison.Ordinal))
         {
             if (await tcp.GetStream().ReadAsync(one, timeout.Token) == 0)
                 throw new IOException("connection closed in the response head: " + head);

@@ -26,9 +26,23 @@ public sealed class UpgradeHeadTests
         Assert.Equal("gw.example:8080", head.Host);
         Assert.Equal("https://app.example", head.Origin);
         Assert.Equal("Bearer t", head.Authorization);
-        Assert.Equal("a=1; b=2", head.Cookie);
+        Assert.Equal("a=1; b=2", string.Join("; ", head.Cookie.ToArray()));
+        Assert.Equal(2, head.Cookie.Count);
         Assert.Equal("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", UpgradeHead.AcceptValue(head.Key)); // the example of RFC 6455
     }
+
+    [Theory]
+    [InlineData("Host: [::1]:8080")]
+    [InlineData("Host: 127.0.0.1")]
+    [InlineData("Host: ")]
+    public void Host_literals_and_ports_are_matched(string host) =>
+        Assert.Equal(UpgradeHeadStatus.Matched, Parse(Head().Replace("Host: gw.example:8080", host, StringComparison.Ordinal), out _, out _));
+
+    [Theory]
+    [InlineData("GET /api/v1/ws HTTP/1.1\nHost: x\n")]
+    [InlineData("GET /api/v1/ws HTTP/1.1\r\nHost: x\rY: z\r\n")]
+    public void Bare_line_feeds_or_carriage_returns_are_left_to_kestrel_without_waiting(string text) =>
+        Assert.Equal(UpgradeHeadStatus.NotMatched, Parse(text, out _, out _));
 
     [Theory]
     [InlineData("")]
@@ -69,6 +83,9 @@ public sealed class UpgradeHeadTests
     [InlineData("Host: gw.example:8080\r\n", "")]
     [InlineData("Host: gw.example:8080", "Host: gw.example/evil")]
     [InlineData("Host: gw.example:8080", "Host: gw example")]
+    [InlineData("Host: gw.example:8080", "Host: gw.example:80a")]
+    [InlineData("Host: gw.example:8080", "Host: [::1")]
+    [InlineData("Host: gw.example:8080", "Host: a:b:c")]
     public void A_head_that_is_not_a_valid_upgrade_is_left_to_kestrel(string replace, string with) =>
         Assert.Equal(UpgradeHeadStatus.NotMatched, Parse(Head().Replace(replace, with, StringComparison.Ordinal), out _, out _));
 
