@@ -447,11 +447,22 @@ public sealed class Room
                 if (Find(m.ClientId) is null)
                     InsertOrderedLocked(new RoomMember(m.ClientId, m.SecretHash, null, sourceNode, m.Order, _time.GetUtcNow()));
             }
-            if (_host is null && state.ClientId is { } hostId && Find(hostId) is { } host)
+            // Replies from several nodes can name different hosts (one of them had not yet seen an older member's
+            // join). Resolve as every node does on joins, whatever order the replies arrive in: a granted host beats
+            // an automatic one; between automatic ones the older member wins.
+            if (state.ClientId is { } hostId && Find(hostId) is { } candidate && !ReferenceEquals(candidate, _host))
             {
-                host.IsHost = true;
-                _host = host;
-                _hostGranted = state.Granted;
+                var takes = _host is null
+                    || (state.Granted && !_hostGranted)
+                    || (!state.Granted && !_hostGranted && RoomMember.CompareOrder(candidate, _host) < 0 && Protocol.TakesHostOnJoin(null, candidate));
+                if (takes)
+                {
+                    if (_host is not null)
+                        _host.IsHost = false;
+                    candidate.IsHost = true;
+                    _host = candidate;
+                    _hostGranted = state.Granted;
+                }
             }
         }
     }
