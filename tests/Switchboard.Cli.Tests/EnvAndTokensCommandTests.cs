@@ -4,19 +4,14 @@ using Npgsql;
 namespace Switchboard.Cli.Tests;
 
 /// <summary>The operator workflow from a terminal: environments and agent tokens through the real CLI against a real server.</summary>
-public sealed partial class EnvAndTokensCommandTests : IDisposable
+public sealed partial class EnvAndTokensCommandTests : CliWorkingDirectory
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("switchboard-cli-").FullName;
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-
-    private Task<(int ExitCode, string Stdout, string Stderr)> Run(params string[] args) => CliProcess.RunAsync(_dir, null, args);
+    private Task<(int ExitCode, string Stdout, string Stderr)> Run(params string[] args) => CliProcess.RunAsync(WorkDir, null, args);
 
     [Fact]
     public async Task Env_create_ls_logs_and_rm_work_from_the_cli_and_bad_flags_are_explained()
     {
-        await using var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0");
+        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
         var url = await serve.WaitForListeningUrlAsync();
 
         var created = await Run("env", "create", "demo", "--server", url, "-e", "GREETING=hello", "--",

@@ -1,29 +1,23 @@
 using System.Net.Http.Headers;
 using System.Net.WebSockets;
 using System.Text;
-using System.Text.RegularExpressions;
 
 namespace Switchboard.Cli.Tests;
 
-public sealed partial class ServeCommandTests : IDisposable
+public sealed class ServeCommandTests : CliWorkingDirectory
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("switchboard-cli-").FullName;
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-
     [Fact]
     public async Task First_start_generates_private_secrets_prints_them_once_and_tokens_work()
     {
         string url;
         string apiKey;
-        await using (var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0"))
+        await using (var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0"))
         {
             url = await serve.WaitForListeningUrlAsync();
             var output = serve.Stdout;
             Assert.StartsWith("http://127.0.0.1:", url);
-            var keyFile = Path.Combine(_dir, "data", "api-key");
-            var jwtFile = Path.Combine(_dir, "data", "jwt-secret");
+            var keyFile = Path.Combine(WorkDir, "data", "api-key");
+            var jwtFile = Path.Combine(WorkDir, "data", "jwt-secret");
             apiKey = File.ReadAllText(keyFile).Trim();
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(keyFile));
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(jwtFile));
@@ -32,7 +26,7 @@ public sealed partial class ServeCommandTests : IDisposable
             Assert.True(apiKey.Length >= 40);
 
             // A token minted by the CLI is accepted by the server.
-            var (code, token, _) = await CliProcess.RunAsync(_dir, null, "token", "--sub", "alice", "--channels", "list:*", "--ttl", "10m");
+            var (code, token, _) = await CliProcess.RunAsync(WorkDir, null, "token", "--sub", "alice", "--channels", "list:*", "--ttl", "10m");
             Assert.Equal(0, code);
             using var ws = new ClientWebSocket();
             await ws.ConnectAsync(new Uri(url.Replace("http", "ws") + "/api/v1/ws?token=" + token.Trim()), CancellationToken.None);
@@ -58,20 +52,20 @@ public sealed partial class ServeCommandTests : IDisposable
         }
 
         // Second start: same secrets, never printed again.
-        await using (var again = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0"))
+        await using (var again = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0"))
         {
             var output = await again.WaitForOutputAsync("Mint a token", TimeSpan.FromSeconds(30));
             Assert.DoesNotContain(apiKey, output);
             Assert.DoesNotContain(apiKey, again.Stderr);
-            Assert.Contains(Path.Combine(_dir, "data", "api-key"), output);
-            Assert.Equal(apiKey, File.ReadAllText(Path.Combine(_dir, "data", "api-key")).Trim());
+            Assert.Contains(Path.Combine(WorkDir, "data", "api-key"), output);
+            Assert.Equal(apiKey, File.ReadAllText(Path.Combine(WorkDir, "data", "api-key")).Trim());
         }
     }
 
     [Fact]
     public async Task Unreachable_database_fails_with_a_clear_message()
     {
-        var (code, _, stderr) = await CliProcess.RunAsync(_dir, null, "serve", "--urls", "http://127.0.0.1:0", "--database", "Host=127.0.0.1;Port=1;Database=nowhere;Timeout=3");
+        var (code, _, stderr) = await CliProcess.RunAsync(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0", "--database", "Host=127.0.0.1;Port=1;Database=nowhere;Timeout=3");
         Assert.Equal(1, code);
         Assert.Contains("cannot use the database (PostgreSQL 127.0.0.1:1/nowhere)", stderr);
     }
@@ -79,11 +73,11 @@ public sealed partial class ServeCommandTests : IDisposable
     [Fact]
     public async Task Token_without_secret_fails_clearly_and_bad_ttl_is_rejected()
     {
-        var (code, _, stderr) = await CliProcess.RunAsync(_dir, null, "token", "--sub", "a", "--data-dir", Path.Combine(_dir, "none"));
+        var (code, _, stderr) = await CliProcess.RunAsync(WorkDir, null, "token", "--sub", "a", "--data-dir", Path.Combine(WorkDir, "none"));
         Assert.NotEqual(0, code);
         Assert.Contains("switchboard serve", stderr);
         var env = new Dictionary<string, string> { ["SWITCHBOARD_JWT_SECRET"] = new string('k', 40) };
-        var bad = await CliProcess.RunAsync(_dir, env, "token", "--sub", "a", "--ttl", "soon");
+        var bad = await CliProcess.RunAsync(WorkDir, env, "token", "--sub", "a", "--ttl", "soon");
         Assert.NotEqual(0, bad.ExitCode);
         Assert.Contains("duration", bad.Stderr);
     }

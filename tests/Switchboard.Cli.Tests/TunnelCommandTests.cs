@@ -6,13 +6,8 @@ using System.Text.RegularExpressions;
 namespace Switchboard.Cli.Tests;
 
 /// <summary><c>switchboard serve</c> and <c>switchboard tunnel http PORT</c> as a person runs them, with a real local HTTP server.</summary>
-public sealed partial class TunnelCommandTests : IDisposable
+public sealed partial class TunnelCommandTests : CliWorkingDirectory
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("switchboard-cli-").FullName;
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-
     [GeneratedRegex(@"Forwarding\s+(http://127\.0\.0\.1:\d+/t/\S+/)\s+->")]
     private static partial Regex PathForwardingLine();
 
@@ -25,13 +20,13 @@ public sealed partial class TunnelCommandTests : IDisposable
         local.Start();
         var serving = ServeAsync(local);
 
-        await using var serve = CliProcess.Start(_dir, null, "serve", "--urls", "http://127.0.0.1:0");
+        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
         var url = await serve.WaitForListeningUrlAsync();
-        var (code, token, error) = await CliProcess.RunAsync(_dir, null, "tokens", "create", "--kind", "agent");
+        var (code, token, error) = await CliProcess.RunAsync(WorkDir, null, "tokens", "create", "--kind", "agent");
         Assert.True(code == 0, error);
 
         string publicUrl;
-        await using (var agent = CliProcess.Start(_dir, null, "tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        await using (var agent = CliProcess.Start(WorkDir, null, "tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
                          "--server", url, "--token", token.Trim(), "--subdomain", "cli-test"))
         {
             var printed = await agent.WaitForOutputAsync("/t/cli-test/", TimeSpan.FromSeconds(30));
@@ -68,7 +63,7 @@ public sealed partial class TunnelCommandTests : IDisposable
 
         // The agent closed the tunnel with a close frame (1000), not by dropping the connection (1006).
         after.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer",
-            File.ReadAllText(Path.Combine(_dir, "data", "api-key")).Trim());
+            File.ReadAllText(Path.Combine(WorkDir, "data", "api-key")).Trim());
         var metrics = await after.GetStringAsync(url + "/metrics");
         Assert.Contains("switchboard_connections_closed_total{endpoint=\"tunnel\",code=\"1000\"} 1", metrics, StringComparison.Ordinal);
         local.Stop();
