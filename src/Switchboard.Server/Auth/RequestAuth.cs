@@ -24,6 +24,20 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
         return BearerToken(request) ?? (request.Cookies.TryGetValue(_cookieName, out var c) ? c : null);
     }
 
+    /// <summary>
+    /// The same lookup, in the same order, for a request head read without the HTTP pipeline: the raw query string
+    /// (with its <c>?</c>), the <c>Authorization</c> value and the <c>Cookie</c> header lines.
+    /// </summary>
+    public string? FindToken(string queryString, string? authorization, Microsoft.Extensions.Primitives.StringValues cookieHeaders) =>
+        QueryToken(queryString) ?? BearerToken(authorization) ?? CookieToken(cookieHeaders);
+
+    // Same decoding and key comparison as HttpRequest.Query.
+    private static string? QueryToken(string queryString) =>
+        queryString.Length > 1 && Microsoft.AspNetCore.WebUtilities.QueryHelpers.ParseNullableQuery(queryString) is { } values &&
+        values.TryGetValue("token", out var token) && !string.IsNullOrEmpty(token)
+            ? token.ToString()
+            : null;
+
     /// <summary>Constant-time comparison of a presented key with the configured API key (hashing first hides the length).</summary>
     public bool IsApiKey(string? presented)
     {
@@ -68,7 +82,7 @@ public sealed class RequestAuth(TokenService tokens, IOptions<SwitchboardOptions
     /// The token cookie from <c>Cookie</c> header values, parsed by ASP.NET Core's own cookie parser, so the result is
     /// exactly what <see cref="FindToken"/> reads from <c>request.Cookies</c> (name matching, duplicates, quoting).
     /// </summary>
-    public string? CookieToken(Microsoft.Extensions.Primitives.StringValues cookieHeaders)
+    private string? CookieToken(Microsoft.Extensions.Primitives.StringValues cookieHeaders)
     {
         if (cookieHeaders.Count == 0)
             return null;

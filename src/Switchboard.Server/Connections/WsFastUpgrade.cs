@@ -5,7 +5,6 @@ using System.Net.WebSockets;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
-using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Switchboard.Server.Auth;
@@ -49,7 +48,7 @@ public sealed partial class WsFastUpgrade(
     private readonly Dictionary<string, Route> _building = new(StringComparer.Ordinal);
     private FrozenDictionary<string, Route>? _routes;
     private readonly bool _enabled = options.Value.DirectWebSocketUpgrade;
-    private readonly string _tunnelSuffix = "." + options.Value.TunnelDomain;
+    private readonly string _tunnelDomain = options.Value.TunnelDomain;
     private readonly TimeSpan _headTimeout = kestrel.Value.Limits.RequestHeadersTimeout;
 
     /// <summary>Registers a path (exact, case-sensitive, as the HTTP endpoint mapped for the same handler). Call before the server starts.</summary>
@@ -61,14 +60,15 @@ public sealed partial class WsFastUpgrade(
     }
 
     /// <summary>The Kestrel connection middleware.</summary>
-    public async Task OnConnectionAsync(ConnectionContext context, ConnectionDelegate next)
+    public Task OnConnectionAsync(ConnectionContext context, ConnectionDelegate next)
     {
         var routes = _routes ??= _building.ToFrozenDictionary(StringComparer.Ordinal);
-        if (!_enabled || routes.Count == 0)
-        {
-            await next(context);
-            return;
-        }
+        // Disabled: straight through, without an async frame held for the connection's life.
+        return _enabled && routes.Count > 0 ? AcceptOrPassAsync(context, next, routes) : next(context);
+    }
+
+    private async Task AcceptOrPassAsync(ConnectionContext context, ConnectionDelegate next, FrozenDictionary<string, Route> routes)
+    {
         var (head, route, aborted) = await ReadHeadAsync(context, routes);
         if (aborted)
             return;
@@ -84,7 +84,7 @@ public sealed partial class WsFastUpgrade(
         try
         {
             var bearer = RequestAuth.BearerToken(head.Authorization);
-            var token = QueryToken(head.Query) ?? bearer ?? auth.CookieToken(head.Cookie);
+            var token = auth.FindToken(head.Query, head.Authorization, head.Cookie);
             var accept = UpgradeHead.AcceptValue(head.Key);
             head = null;
             var validation = await acceptor.ValidateAsync(bearer, token, route.Anonymous);
@@ -167,19 +167,13 @@ public sealed partial class WsFastUpgrade(
         return !flush.IsCompleted && !flush.IsCanceled;
     }
 
-    // Same decoding and key comparison as HttpRequest.Query.
-    private static string? QueryToken(string query) =>
-        query.Length > 1 && QueryHelpers.ParseNullableQuery(query) is { } values && values.TryGetValue("token", out var token) && !string.IsNullOrEmpty(token)
-            ? token.ToString()
-            : null;
-
+    // A superset of what the tunnel router claims (any name under the tunnel domain), so tunnel routing always wins.
     private bool IsTunnelHost(string host)
     {
         if (host.StartsWith('['))
             return false; // an IPv6 literal
         var colon = host.IndexOf(':');
-        var name = colon < 0 ? host.AsSpan() : host.AsSpan(0, colon);
-        return name.EndsWith(_tunnelSuffix, StringComparison.OrdinalIgnoreCase);
+        return Tunnels.TunnelForwarder.IsUnderDomain(colon < 0 ? host : host.AsSpan(0, colon), _tunnelDomain);
     }
 
     private static partial class Log

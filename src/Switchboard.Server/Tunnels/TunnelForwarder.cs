@@ -21,13 +21,17 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
     private readonly TunnelOptions _options = options.Value;
 
     /// <summary>Finds the tunnel a request is for: <c>NAME.{domain}</c> host, or the <c>/t/NAME/</c> path prefix.</summary>
+    /// <summary>True when <paramref name="host"/> (without port) is a name under <paramref name="domain"/>: <c>x.domain</c>, <c>a.b.domain</c>.</summary>
+    internal static bool IsUnderDomain(ReadOnlySpan<char> host, string domain) =>
+        host.Length > domain.Length + 1 && host.EndsWith(domain, StringComparison.OrdinalIgnoreCase) && host[^(domain.Length + 1)] == '.';
+
     public bool TryRoute(HttpContext context, out string name, out string target, out string? prefix)
     {
         var request = context.Request;
         var host = request.Host.Host;
         var domain = hub.Domain;
         var query = request.QueryString.Value ?? "";
-        if (host.Length > domain.Length + 1 && host.EndsWith(domain, StringComparison.OrdinalIgnoreCase) && host[^(domain.Length + 1)] == '.')
+        if (IsUnderDomain(host, domain))
         {
             var label = host[..^(domain.Length + 1)];
             if (!label.Contains('.'))
