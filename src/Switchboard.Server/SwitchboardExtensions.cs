@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
@@ -55,6 +56,10 @@ public static class SwitchboardExtensions
     /// <summary>Kestrel and host settings every Switchboard server uses.</summary>
     public static WebApplicationBuilder ConfigureSwitchboardHost(this WebApplicationBuilder builder)
     {
+        // Kestrel's socket transport takes its memory pool from this service (added after Kestrel's own, so it wins).
+        builder.Services.AddSingleton<IMemoryPoolFactory<byte>>(sp => new BlockMemoryPoolFactory(
+            sp.GetRequiredService<IOptions<SwitchboardOptions>>().Value.TransportBlockBytes, SwitchboardOptions.TransportPoolRetainedBytes,
+            sp.GetRequiredService<TimeProvider>(), sp.GetService<SwitchboardMetrics>()));
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;

@@ -16,6 +16,9 @@ public sealed class OptionsValidationTests
 
         ex = await Assert.ThrowsAsync<OptionsValidationException>(() => TestGateway.StartAsync(o => o.Channels.HistorySize = -1));
         Assert.Contains("HistorySize", ex.Message, StringComparison.Ordinal);
+
+        ex = await Assert.ThrowsAsync<OptionsValidationException>(() => TestGateway.StartAsync(o => o.TransportBlockBytes = 1024));
+        Assert.Contains("TransportBlockBytes", ex.Message, StringComparison.Ordinal);
     }
 
     [Fact]
