@@ -107,5 +107,19 @@ public sealed class BlockMemoryPoolTests
         Assert.InRange(largest, 1, blockBytes);
         if (blockBytes > 4096)
             Assert.True(largest > 4096, $"an 8 MiB upload never filled more than {largest} bytes of a {blockBytes}-byte block");
+
+        // The pool is visible at /metrics: whole blocks allocated, some kept for reuse after the upload.
+        var metrics = await gateway.Api.GetStringAsync("metrics");
+        var allocated = Metric(metrics, "switchboard_transport_pool_allocated_bytes_total");
+        Assert.True(allocated >= blockBytes && allocated % blockBytes == 0, $"allocated {allocated}");
+        var retained = Metric(metrics, "switchboard_transport_pool_retained_bytes");
+        Assert.True(retained >= blockBytes && retained <= allocated, $"retained {retained} of {allocated}");
+    }
+
+    private static long Metric(string text, string name)
+    {
+        var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        Assert.NotNull(line);
+        return long.Parse(line[(name.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture);
     }
 }
