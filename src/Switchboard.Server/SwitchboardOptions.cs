@@ -42,6 +42,13 @@ public sealed class SwitchboardOptions
     public bool DirectWebSocketUpgrade { get; set; } = true;
 
     /// <summary>
+    /// On connections accepted directly (<see cref="DirectWebSocketUpgrade"/>), write the messages queued for a
+    /// connection straight into the transport and flush once per batch (up to 64 KiB): a burst of broadcasts to one
+    /// subscriber leaves in one send system call instead of one per message. Default true.
+    /// </summary>
+    public bool BatchedWebSocketWrites { get; set; } = true;
+
+    /// <summary>
     /// Size of the blocks Kestrel's socket transport receives into and sends from. One receive call fills at most one
     /// block, so this bounds how much a bulk stream (a tunnel agent's download, a large upload) moves per system call.
     /// Default 32 KiB (Kestrel's own pool: 4 KiB): 1 GiB through a tunnel about 25 % faster, fan-out to 1,000

@@ -14,7 +14,15 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
 {
     private readonly PipeReader _input = transport.Input;
     private readonly PipeWriter _output = transport.Output;
+    private readonly SemaphoreSlim _writeGate = new(1, 1);
     private volatile bool _disposed;
+
+    /// <summary>
+    /// Serializes every write to the output pipe: the WebSocket's own (control frames, close) through
+    /// <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> and <see cref="WsConnection"/>'s batches through
+    /// <see cref="WriteFramesAsync"/>; a holder keeps it until its flush completed.
+    /// </summary>
+    private SemaphoreSlim WriteGate => _writeGate;
 
     public override bool CanRead => true;
     public override bool CanWrite => true;
@@ -57,11 +65,52 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var result = await _output.WriteAsync(source, cancellationToken);
-        if (result.IsCanceled)
-            throw new ObjectDisposedException(nameof(DuplexPipeStream));
-        if (result.IsCompleted)
-            throw new IOException("the connection was closed");
+        await WriteGate.WaitAsync(cancellationToken);
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var result = await _output.WriteAsync(source, cancellationToken);
+            if (result.IsCanceled)
+                throw new ObjectDisposedException(nameof(DuplexPipeStream));
+            if (result.IsCompleted)
+                throw new IOException("the connection was closed");
+        }
+        finally
+        {
+            WriteGate.Release();
+        }
+    }
+
+    /// <summary>
+    /// Writes frames into the output pipe with <paramref name="write"/> (which returns after each call whether to go on)
+    /// under the write gate, then flushes once: a burst of messages leaves in one send. Throws <see cref="IOException"/>
+    /// when the connection is gone.
+    /// </summary>
+    public async ValueTask WriteFramesAsync<TState>(TState state, Func<TState, PipeWriter, bool> write)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        await WriteGate.WaitAsync();
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            try
+            {
+                while (write(state, _output))
+                {
+                }
+            }
+            catch (InvalidOperationException ex)
+            {
+                throw new IOException("the connection was closed", ex); // the transport completed the pipe
+            }
+            var result = await _output.FlushAsync();
+            if (result.IsCanceled || result.IsCompleted)
+                throw new IOException("the connection was closed");
+        }
+        finally
+        {
+            WriteGate.Release();
+        }
     }
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
@@ -70,9 +119,17 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
     public override async Task FlushAsync(CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var result = await _output.FlushAsync(cancellationToken);
-        if (result.IsCanceled)
-            throw new ObjectDisposedException(nameof(DuplexPipeStream));
+        await WriteGate.WaitAsync(cancellationToken);
+        try
+        {
+            var result = await _output.FlushAsync(cancellationToken);
+            if (result.IsCanceled)
+                throw new ObjectDisposedException(nameof(DuplexPipeStream));
+        }
+        finally
+        {
+            WriteGate.Release();
+        }
     }
 
     public override void Flush() => throw new NotSupportedException("synchronous I/O is not supported");

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.WebSockets;
 using System.Text.Json;
@@ -56,6 +57,9 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private int _finished;
     private int _receiveHint = 4096;
     private uint _sentFrames; // only the active sender touches it
+    private DuplexPipeStream? _direct;
+    private OutboundFrame _batchFirst; // the batched sender's state (only the active sender touches it)
+    private int _batchSent;
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
         SwitchboardMetrics metrics, ILogger logger, TimeProvider time, ConnectionManager? manager = null)
@@ -392,9 +396,21 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         }
     }
 
+    /// <summary>
+    /// For a connection accepted on the transport (<see cref="WsFastUpgrade"/>): the sender encodes queued messages
+    /// straight into the transport's output pipe and flushes once per batch, so a burst to one connection leaves in one
+    /// send system call instead of one per message. Control frames and the close handshake stay with the WebSocket.
+    /// </summary>
+    internal void UseDirectWrites(DuplexPipeStream stream) => Volatile.Write(ref _direct, stream);
+
     // The sender: writes `frame`, then whatever queued up meanwhile, synchronously while sends complete synchronously.
     private void SendFrom(OutboundFrame frame)
     {
+        if (Volatile.Read(ref _direct) is { } direct)
+        {
+            _ = SendBatchesAsync(direct, frame);
+            return;
+        }
         var sent = 0;
         while (true)
         {
@@ -444,6 +460,61 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         {
             OnSendFailed(ex, sent);
         }
+    }
+
+    // Batched sender (direct connections): `frame` and whatever is queued, up to MaxBatchBytes per flush, then the next
+    // batch, until the queue is empty. Completes synchronously (no allocation) while flushes do.
+    private async Task SendBatchesAsync(DuplexPipeStream direct, OutboundFrame frame)
+    {
+        _batchFirst = frame;
+        _batchSent = 0;
+        try
+        {
+            while (true)
+            {
+                await direct.WriteFramesAsync(this, static (connection, writer) => connection.WriteBatchFrame(writer));
+                if (!TryTakeNext(out frame, _batchSent))
+                    return;
+                _batchFirst = frame;
+            }
+        }
+        catch (Exception ex)
+        {
+            OnSendFailed(ex, _batchSent);
+        }
+    }
+
+    // Writes the batch's next frame; false when the batch is complete (queue empty or MaxBatchBytes written).
+    private bool WriteBatchFrame(PipeWriter writer)
+    {
+        var frame = _batchFirst;
+        var bytes = 0L;
+        while (true)
+        {
+            bytes += WsFrameWriter.Write(writer, frame);
+            OnSent(frame);
+            _batchSent++;
+            if (bytes >= MaxBatchBytes || !TryDequeue(out frame))
+                return false;
+        }
+    }
+
+    private const int MaxBatchBytes = 64 * 1024;
+
+    // A queued frame for the active sender, without giving up the sender role when there is none.
+    private bool TryDequeue(out OutboundFrame frame)
+    {
+        lock (_sendLock)
+        {
+            if (_pending is { Count: > 0 } queue)
+            {
+                frame = queue.Dequeue();
+                Volatile.Write(ref _queuedBytes, _queuedBytes - frame.Payload.Length);
+                return true;
+            }
+        }
+        frame = default;
+        return false;
     }
 
     // The delivery-latency histogram records one frame in DeliverySampleEvery per connection: recording every frame

@@ -48,6 +48,7 @@ public sealed partial class WsFastUpgrade(
     private readonly Dictionary<string, Route> _building = new(StringComparer.Ordinal);
     private FrozenDictionary<string, Route>? _routes;
     private readonly bool _enabled = options.Value.DirectWebSocketUpgrade;
+    private readonly bool _batchedWrites = options.Value.BatchedWebSocketWrites;
     private readonly string _tunnelDomain = options.Value.TunnelDomain;
     private readonly TimeSpan _headTimeout = kestrel.Value.Limits.RequestHeadersTimeout;
 
@@ -95,12 +96,16 @@ public sealed partial class WsFastUpgrade(
                 context.Abort();
                 return;
             }
-            socket = WebSocket.CreateFromStream(new DuplexPipeStream(context.Transport),
-                new WebSocketCreationOptions { IsServer = true, KeepAliveInterval = TimeSpan.Zero });
+            var stream = new DuplexPipeStream(context.Transport);
+            socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions { IsServer = true, KeepAliveInterval = TimeSpan.Zero });
             var connection = await acceptor.CompleteAsync(socket, route.Endpoint, (context.RemoteEndPoint as IPEndPoint)?.Address, validation, inlineWrites: false);
             validation = default;
             if (connection is not null)
+            {
+                if (_batchedWrites)
+                    connection.UseDirectWrites(stream);
                 await route.Handler(connection, tokenPresented, context.ConnectionClosed);
+            }
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException or ConnectionResetException)
         {

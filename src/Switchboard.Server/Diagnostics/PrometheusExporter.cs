@@ -16,12 +16,17 @@ public sealed class PrometheusExporter : IDisposable
     private readonly List<InstrumentState> _instruments = [];
     private readonly Lock _gate = new();
 
-    public PrometheusExporter(IEnumerable<string> meterNames)
+    /// <param name="meterNames">Meters to export.</param>
+    /// <param name="scope">
+    /// When set, only meters created by this <see cref="IMeterFactory"/>: a listener sees every meter of the process,
+    /// so two gateways in one process (tests, an embedding host) would otherwise export each other's instruments.
+    /// </param>
+    public PrometheusExporter(IEnumerable<string> meterNames, IMeterFactory? scope = null)
     {
         var names = meterNames.ToHashSet(StringComparer.Ordinal);
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (!names.Contains(instrument.Meter.Name))
+            if (!names.Contains(instrument.Meter.Name) || (scope is not null && !ReferenceEquals(instrument.Meter.Scope, scope)))
                 return;
             var state = new InstrumentState(instrument);
             lock (_gate)

@@ -48,6 +48,20 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task Two_gateways_in_one_process_export_only_their_own_instruments()
+    {
+        await using var a = await TestGateway.StartAsync();
+        await using var b = await TestGateway.StartAsync();
+        for (var i = 0; i < 3; i++)
+            (await a.Api.PostAsJsonAsync("api/v1/channels/a/messages", new { data = i })).EnsureSuccessStatusCode();
+        (await b.Api.PostAsJsonAsync("api/v1/channels/b/messages", new { data = 0 })).EnsureSuccessStatusCode();
+
+        static string[] Published(string text) => [.. text.Split('\n').Where(l => l.StartsWith("switchboard_channels_published_total", StringComparison.Ordinal))];
+        Assert.Equal(["switchboard_channels_published_total 3"], Published(await a.Api.GetStringAsync("metrics")));
+        Assert.Equal(["switchboard_channels_published_total 1"], Published(await b.Api.GetStringAsync("metrics")));
+    }
+
+    [Fact]
     public async Task Healthz_is_ok_while_serving()
     {
         await using var gw = await TestGateway.StartAsync();
