@@ -505,13 +505,17 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private bool TryDequeue(out OutboundFrame frame)
     {
         lock (_sendLock)
+            return TryDequeueLocked(out frame);
+    }
+
+    // Under _sendLock.
+    private bool TryDequeueLocked(out OutboundFrame frame)
+    {
+        if (_pending is { Count: > 0 } queue)
         {
-            if (_pending is { Count: > 0 } queue)
-            {
-                frame = queue.Dequeue();
-                Volatile.Write(ref _queuedBytes, _queuedBytes - frame.Payload.Length);
-                return true;
-            }
+            frame = queue.Dequeue();
+            Volatile.Write(ref _queuedBytes, _queuedBytes - frame.Payload.Length);
+            return true;
         }
         frame = default;
         return false;
@@ -533,13 +537,8 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
         var startClose = false;
         lock (_sendLock)
         {
-            if (_pending is { Count: > 0 } queue)
-            {
-                frame = queue.Dequeue();
-                Volatile.Write(ref _queuedBytes, _queuedBytes - frame.Payload.Length);
+            if (TryDequeueLocked(out frame))
                 return true;
-            }
-            frame = default;
             if (_closeArmed && !_closeFrameDone)
             {
                 startClose = true; // keep _sending: the close frame follows the last queued frame
