@@ -33,7 +33,7 @@ fi
 node "$ROOT/bench/tunnels/local-server.js" $LOCAL & PIDS+=($!)
 "$SB" serve --urls http://127.0.0.1:$GW --data-dir "$WORK/data" >"$WORK/serve.log" 2>&1 & GWPID=$!; PIDS+=($GWPID)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$GW/healthz && break; sleep 0.2; done
-TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>/dev/null)
+TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>"$WORK/token.log") || { cat "$WORK/token.log" >&2; exit 1; }
 "$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench >"$WORK/agent.log" 2>&1 & AGPID=$!; PIDS+=($AGPID)
 "$PEER/node_modules/.bin/pipenet" server --port $PN --domain localhost >"$WORK/pipenet-server.log" 2>&1 & PIDS+=($!)
 sleep 1
@@ -52,6 +52,11 @@ echo "| variant | req/s (c=$CONN) | p50 ms (c=$CONN) | p99 ms (c=$CONN) | p50 ms
 echo "|---|---|---|---|---|---|---|"
 for v in "${VARIANTS[@]}"; do
   IFS='|' read -r name url header warm <<<"$v"
+  if [ "$name" = switchboard ] && ! kill -0 "$AGPID" 2>/dev/null; then
+    echo "the switchboard agent exited before its measurement; its log and the gateway's:" >&2
+    tail -n 30 "$WORK/agent.log" "$WORK/serve.log" >&2
+    exit 1
+  fi
   H=(); [ -n "$header" ] && H=(-H "$header")
   if [ "$WARMUP" -gt 0 ] && [ "$warm" = yes ]; then
     wrk -t2 -c"$CONN" -d"${WARMUP}s" "${H[@]}" "$url/small" >/dev/null
@@ -66,4 +71,9 @@ for v in "${VARIANTS[@]}"; do
   echo "| $name | $rps | $p50 | $p99 | $l50 | $l99 | $speed |${errs:+ $errs}"
 done
 echo
+if ! kill -0 "$AGPID" 2>/dev/null; then
+  echo "the switchboard agent exited during the run; its log:" >&2
+  tail -n 30 "$WORK/agent.log" >&2
+  exit 1
+fi
 echo "Switchboard peak RSS: gateway $(rss $GWPID) MB, agent $(rss $AGPID) MB"
