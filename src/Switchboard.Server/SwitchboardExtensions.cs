@@ -59,7 +59,7 @@ public static class SwitchboardExtensions
         // Kestrel's socket transport takes its memory pool from this service (added after Kestrel's own, so it wins).
         builder.Services.AddSingleton<IMemoryPoolFactory<byte>>(sp => new BlockMemoryPoolFactory(
             sp.GetRequiredService<IOptions<SwitchboardOptions>>().Value.TransportBlockBytes, SwitchboardOptions.TransportPoolRetainedBytes,
-            sp.GetRequiredService<TimeProvider>(), sp.GetService<SwitchboardMetrics>()));
+            sp.GetService<TimeProvider>() ?? TimeProvider.System, sp.GetService<SwitchboardMetrics>()));
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;

@@ -123,7 +123,13 @@ internal sealed class BlockMemoryPool(int blockSize, int maxRetained) : MemoryPo
 
     private sealed class Block(BlockMemoryPool pool, byte[] array) : IMemoryOwner<byte>
     {
-        public bool Rented { get; set; } = true;
+        private int _rented = 1;
+
+        public bool Rented
+        {
+            get => Volatile.Read(ref _rented) != 0;
+            set => Volatile.Write(ref _rented, value ? 1 : 0);
+        }
 
         // Array-backed (the socket transport asks for the array) and marked pre-pinned: the array lives on the pinned
         // object heap, so pinning it for a socket call takes no GC handle.
@@ -131,9 +137,8 @@ internal sealed class BlockMemoryPool(int blockSize, int maxRetained) : MemoryPo
 
         public void Dispose()
         {
-            if (!Rented)
+            if (Interlocked.Exchange(ref _rented, 0) == 0)
                 return; // a second dispose of one rental must not queue the block twice
-            Rented = false;
             pool.Return(this);
         }
     }

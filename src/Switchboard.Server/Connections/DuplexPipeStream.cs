@@ -16,6 +16,7 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
     private readonly PipeWriter _output = transport.Output;
     private readonly SemaphoreSlim _writeGate = new(1, 1);
     private volatile bool _disposed;
+    private bool _closeWritten; // under the gate
 
     /// <summary>
     /// Serializes every write to the output pipe: the WebSocket's own (control frames, close) through
@@ -69,6 +70,10 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            // The WebSocket writes one whole frame per call. A close frame of its own (the peer sent invalid data)
+            // must be the last frame on the wire: batches stop here.
+            if (IsCloseFrame(source.Span))
+                _closeWritten = true;
             var result = await _output.WriteAsync(source, cancellationToken);
             if (result.IsCanceled)
                 throw new ObjectDisposedException(nameof(DuplexPipeStream));
@@ -93,6 +98,8 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_closeWritten)
+                throw new IOException("the WebSocket sent its close frame");
             try
             {
                 while (write(state, _output))
@@ -112,6 +119,10 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
             WriteGate.Release();
         }
     }
+
+    // An unmasked server close frame, complete in this buffer: FIN + opcode 8, a 7-bit length that covers the rest.
+    private static bool IsCloseFrame(ReadOnlySpan<byte> frame) =>
+        frame.Length >= 2 && frame[0] == 0x88 && (frame[1] & 0x80) == 0 && frame[1] == frame.Length - 2;
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();

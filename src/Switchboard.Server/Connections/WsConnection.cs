@@ -59,7 +59,7 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private uint _sentFrames; // only the active sender touches it
     private DuplexPipeStream? _direct;
     private OutboundFrame _batchFirst; // the batched sender's state (only the active sender touches it)
-    private int _batchSent;
+    private int _batchWritten;
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
         SwitchboardMetrics metrics, ILogger logger, TimeProvider time, ConnectionManager? manager = null)
@@ -467,20 +467,23 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private async Task SendBatchesAsync(DuplexPipeStream direct, OutboundFrame frame)
     {
         _batchFirst = frame;
-        _batchSent = 0;
+        var sent = 0;
         try
         {
             while (true)
             {
+                _batchWritten = 0;
                 await direct.WriteFramesAsync(this, static (connection, writer) => connection.WriteBatchFrame(writer));
-                if (!TryTakeNext(out frame, _batchSent))
+                sent += _batchWritten; // counted once flushed
+                if (!TryTakeNext(out frame, sent))
                     return;
                 _batchFirst = frame;
             }
         }
         catch (Exception ex)
         {
-            OnSendFailed(ex, _batchSent);
+            _batchFirst = default;
+            OnSendFailed(ex, sent);
         }
     }
 
@@ -488,12 +491,13 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private bool WriteBatchFrame(PipeWriter writer)
     {
         var frame = _batchFirst;
+        _batchFirst = default; // an idle connection keeps no reference to its last payload
         var bytes = 0L;
         while (true)
         {
             bytes += WsFrameWriter.Write(writer, frame);
             OnSent(frame);
-            _batchSent++;
+            _batchWritten++;
             if (bytes >= MaxBatchBytes || !TryDequeue(out frame))
                 return false;
         }

@@ -48,7 +48,8 @@ public sealed class CliAgentProcess : IDisposable
         process.BeginErrorReadLine();
         try
         {
-            await agent.WaitForOutputAsync("Forwarding", TimeSpan.FromSeconds(20));
+            // The line after both Forwarding lines: the whole banner is there when this returns.
+            await agent.WaitForOutputAsync("Press Ctrl-C to stop.", TimeSpan.FromSeconds(20));
         }
         catch
         {
