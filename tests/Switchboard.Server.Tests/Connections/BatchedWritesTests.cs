@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net;
@@ -96,6 +97,30 @@ public sealed class BatchedWritesTests
             expected++;
         }
         Assert.Equal(1, pongs);
+    }
+
+    [Fact]
+    public async Task No_batch_is_written_after_a_close_frame_the_websocket_wrote_itself()
+    {
+        // The WebSocket answers invalid input (bad UTF-8, a bad close code) with a close frame of its own, which the
+        // connection's sender does not see: after it, the stream must refuse batches, so no data frame follows it.
+        var wire = new Pipe();
+        var stream = new DuplexPipeStream(new Duplex(new Pipe().Reader, wire.Writer));
+        using var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions { IsServer = true, KeepAliveInterval = TimeSpan.Zero });
+
+        var frame = OutboundFrame.Text("""{"type":"message"}"""u8.ToArray());
+        await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return false; });
+        await socket.CloseOutputAsync(WebSocketCloseStatus.InvalidPayloadData, "bad utf-8", CancellationToken.None);
+        await Assert.ThrowsAsync<IOException>(async () =>
+            await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return false; }));
+
+        // On the wire: the data frame, then the close frame, and nothing after it.
+        await wire.Writer.CompleteAsync();
+        var bytes = (await wire.Reader.ReadAsync()).Buffer.ToArray();
+        var first = 2 + frame.Payload.Length;
+        Assert.Equal(0x81, bytes[0]);
+        Assert.Equal(0x88, bytes[first]);
+        Assert.Equal(first + 2 + bytes[first + 1], bytes.Length);
     }
 
     private static async Task<(WebSocketMessageType Type, byte[] Data)> ReceiveMessageAsync(WebSocket socket)
