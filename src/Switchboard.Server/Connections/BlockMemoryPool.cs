@@ -15,8 +15,8 @@ namespace Switchboard.Server.Connections;
 /// </summary>
 internal sealed class BlockMemoryPoolFactory : IMemoryPoolFactory<byte>
 {
-    /// <summary>How often blocks that stayed unused for a whole period are released.</summary>
-    public static readonly TimeSpan TrimPeriod = TimeSpan.FromSeconds(10);
+    // How often blocks that stayed unused for a whole period are released.
+    private static readonly TimeSpan TrimPeriod = TimeSpan.FromSeconds(10);
 
     private readonly int _blockSize;
     private readonly int _maxRetained;
@@ -33,8 +33,6 @@ internal sealed class BlockMemoryPoolFactory : IMemoryPoolFactory<byte>
         metrics?.Meter.CreateObservableCounter("switchboard.transport.pool.allocated", () => _pools.Sum(p => p.Allocated) * _blockSize, "By",
             "Bytes of transport blocks allocated since the start; flat under steady load when blocks are reused.");
     }
-
-    public int BlockSize => _blockSize;
 
     public MemoryPool<byte> Create(MemoryPoolOptions? options = null)
     {
@@ -76,7 +74,7 @@ internal sealed class BlockMemoryPool(int blockSize, int maxRetained) : MemoryPo
             var left = Interlocked.Decrement(ref _retained);
             if (left < Volatile.Read(ref _lowWater))
                 Volatile.Write(ref _lowWater, left); // approximate under races; it only steers trimming
-            block.Rented = true;
+            block.MarkRented();
             return block;
         }
         Volatile.Write(ref _lowWater, 0);
@@ -125,11 +123,7 @@ internal sealed class BlockMemoryPool(int blockSize, int maxRetained) : MemoryPo
     {
         private int _rented = 1;
 
-        public bool Rented
-        {
-            get => Volatile.Read(ref _rented) != 0;
-            set => Volatile.Write(ref _rented, value ? 1 : 0);
-        }
+        public void MarkRented() => Volatile.Write(ref _rented, 1);
 
         // Array-backed (the socket transport asks for the array) and marked pre-pinned: the array lives on the pinned
         // object heap, so pinning it for a socket call takes no GC handle.

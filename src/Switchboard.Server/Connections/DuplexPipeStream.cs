@@ -14,16 +14,11 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
 {
     private readonly PipeReader _input = transport.Input;
     private readonly PipeWriter _output = transport.Output;
+    // Serializes every write to the output pipe: the WebSocket's own (control frames, close) through WriteAsync and
+    // WsConnection's batches through WriteFramesAsync; a holder keeps it until its flush completed.
     private readonly SemaphoreSlim _writeGate = new(1, 1);
     private volatile bool _disposed;
     private bool _closeWritten; // under the gate
-
-    /// <summary>
-    /// Serializes every write to the output pipe: the WebSocket's own (control frames, close) through
-    /// <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> and <see cref="WsConnection"/>'s batches through
-    /// <see cref="WriteFramesAsync"/>; a holder keeps it until its flush completed.
-    /// </summary>
-    private SemaphoreSlim WriteGate => _writeGate;
 
     public override bool CanRead => true;
     public override bool CanWrite => true;
@@ -66,7 +61,7 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        await WriteGate.WaitAsync(cancellationToken);
+        await _writeGate.WaitAsync(cancellationToken);
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -82,29 +77,28 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
         }
         finally
         {
-            WriteGate.Release();
+            _writeGate.Release();
         }
     }
 
     /// <summary>
-    /// Writes frames into the output pipe with <paramref name="write"/> (which returns after each call whether to go on)
-    /// under the write gate, then flushes once: a burst of messages leaves in one send. Throws <see cref="IOException"/>
-    /// when the connection is gone.
+    /// Writes frames into the output pipe with <paramref name="write"/> under the write gate, then flushes once: a burst
+    /// of messages leaves in one send. Returns what <paramref name="write"/> returned (the number of frames), once
+    /// flushed. Throws <see cref="IOException"/> when the connection is gone.
     /// </summary>
-    public async ValueTask WriteFramesAsync<TState>(TState state, Func<TState, PipeWriter, bool> write)
+    public async ValueTask<int> WriteFramesAsync<TState>(TState state, Func<TState, PipeWriter, int> write)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        await WriteGate.WaitAsync();
+        await _writeGate.WaitAsync();
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_closeWritten)
                 throw new IOException("the WebSocket sent its close frame");
+            int written;
             try
             {
-                while (write(state, _output))
-                {
-                }
+                written = write(state, _output);
             }
             catch (InvalidOperationException ex)
             {
@@ -113,10 +107,11 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
             var result = await _output.FlushAsync();
             if (result.IsCanceled || result.IsCompleted)
                 throw new IOException("the connection was closed");
+            return written;
         }
         finally
         {
-            WriteGate.Release();
+            _writeGate.Release();
         }
     }
 
@@ -130,7 +125,7 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
     public override async Task FlushAsync(CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        await WriteGate.WaitAsync(cancellationToken);
+        await _writeGate.WaitAsync(cancellationToken);
         try
         {
             var result = await _output.FlushAsync(cancellationToken);
@@ -139,7 +134,7 @@ internal sealed class DuplexPipeStream(IDuplexPipe transport) : Stream
         }
         finally
         {
-            WriteGate.Release();
+            _writeGate.Release();
         }
     }
 

@@ -58,8 +58,6 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     private int _receiveHint = 4096;
     private uint _sentFrames; // only the active sender touches it
     private DuplexPipeStream? _direct;
-    private OutboundFrame _batchFirst; // the batched sender's state (only the active sender touches it)
-    private int _batchWritten;
 
     internal WsConnection(WebSocket socket, string endpoint, Grants grants, IPAddress? remoteIp, ConnectionSettings settings,
         SwitchboardMetrics metrics, ILogger logger, TimeProvider time, ConnectionManager? manager = null)
@@ -466,41 +464,36 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     // batch, until the queue is empty. Completes synchronously (no allocation) while flushes do.
     private async Task SendBatchesAsync(DuplexPipeStream direct, OutboundFrame frame)
     {
-        _batchFirst = frame;
         var sent = 0;
         try
         {
             while (true)
             {
-                _batchWritten = 0;
-                await direct.WriteFramesAsync(this, static (connection, writer) => connection.WriteBatchFrame(writer));
-                sent += _batchWritten; // counted once flushed
+                // Counted once flushed; the frame is not kept once written (an idle connection holds no payload).
+                sent += await direct.WriteFramesAsync((connection: this, frame), static (s, writer) => s.connection.WriteBatch(writer, s.frame));
                 if (!TryTakeNext(out frame, sent))
                     return;
-                _batchFirst = frame;
             }
         }
         catch (Exception ex)
         {
-            _batchFirst = default;
             OnSendFailed(ex, sent);
         }
     }
 
-    // Writes the batch's next frame; false when the batch is complete (queue empty or MaxBatchBytes written).
-    private bool WriteBatchFrame(PipeWriter writer)
+    // Writes `frame` and whatever is queued, until the queue is empty or MaxBatchBytes are written; returns the count.
+    private int WriteBatch(PipeWriter writer, OutboundFrame frame)
     {
-        var frame = _batchFirst;
-        _batchFirst = default; // an idle connection keeps no reference to its last payload
         var bytes = 0L;
-        while (true)
+        var count = 0;
+        do
         {
             bytes += WsFrameWriter.Write(writer, frame);
             OnSent(frame);
-            _batchWritten++;
-            if (bytes >= MaxBatchBytes || !TryDequeue(out frame))
-                return false;
+            count++;
         }
+        while (bytes < MaxBatchBytes && TryDequeue(out frame));
+        return count;
     }
 
     private const int MaxBatchBytes = 64 * 1024;

@@ -109,10 +109,10 @@ public sealed class BatchedWritesTests
         using var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions { IsServer = true, KeepAliveInterval = TimeSpan.Zero });
 
         var frame = OutboundFrame.Text("""{"type":"message"}"""u8.ToArray());
-        await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return false; });
+        await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return 1; });
         await socket.CloseOutputAsync(WebSocketCloseStatus.InvalidPayloadData, "bad utf-8", CancellationToken.None);
         await Assert.ThrowsAsync<IOException>(async () =>
-            await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return false; }));
+            await stream.WriteFramesAsync(frame, static (f, writer) => { WsFrameWriter.Write(writer, f); return 1; }));
 
         // On the wire: the data frame, then the close frame, and nothing after it.
         await wire.Writer.CompleteAsync();
