@@ -17,9 +17,9 @@ dotnet build Switchboard.slnx -c Release -nologo -v quiet | tail -n 3 || exit 1
 dotnet test Switchboard.slnx -c Release --no-build -nologo \
   --logger "trx" --results-directory "$results" -- xUnit.ParallelizeTestCollections=true || status=$?
 
-# The CLI tests once more against the native build (what scripts/publish-native.sh ships).
+# The CLI tests once more against the native builds of switchboard and switchboard-agent (what scripts/publish-native.sh ships).
 native=$(./scripts/publish-native.sh "$results/native") || { echo "native build failed" >&2; exit 1; }
-SWITCHBOARD_TEST_CLI="$native" dotnet test tests/Switchboard.Cli.Tests -c Release --no-build -nologo \
+SWITCHBOARD_TEST_CLI="$native" SWITCHBOARD_TEST_AGENT="$(dirname "$native")/switchboard-agent" dotnet test tests/Switchboard.Cli.Tests -c Release --no-build -nologo \
   --logger "trx" --results-directory "$results/native-trx" || status=$?
 
 passed=0; failed=0

@@ -6,6 +6,9 @@
 # download, default 10 s), so the numbers are steady state, not the .NET tiered JIT's first seconds. WARMUP=0 turns it
 # off. pipenet is measured first and without warm-up (see VARIANTS). The large download runs BIG_RUNS times (default 3)
 # per variant and the median is reported.
+# Two Switchboard variants share the gateway: "switchboard" through the standalone agent (switchboard-agent tunnel http,
+# the lighter executable) and "switchboard-cli" through the full CLI's agent (switchboard tunnel http); each agent's peak
+# RSS is reported.
 set -euo pipefail
 DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}; WARMUP=${WARMUP:-10}; BIG_RUNS=${BIG_RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,17 +18,22 @@ trap cleanup EXIT
 LOCAL=19000; GW=19080; PN=19090
 PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
 
-# The gateway and agent under test: the native build by default (what scripts/publish-native.sh ships),
-# NATIVE=0 for the managed build (dotnet build), SWITCHBOARD_BIN=PATH for any other executable.
+# The gateway and agents under test: the native builds by default (what scripts/publish-native.sh ships),
+# NATIVE=0 for the managed builds (dotnet build), SWITCHBOARD_BIN=PATH for any other switchboard executable (its
+# switchboard-agent is expected next to it).
 if [ -n "${SWITCHBOARD_BIN:-}" ]; then
   SB=$SWITCHBOARD_BIN
+  AGENT=$(dirname "$SB")/switchboard-agent
 elif [ "${NATIVE:-1}" = 1 ]; then
   SB=$("$ROOT/scripts/publish-native.sh" "$ROOT/bench/tunnels/bin/native")
+  AGENT=$(dirname "$SB")/switchboard-agent
 else
   dotnet build "$ROOT/src/Switchboard.Cli" -c Release -m:1 -v q -nologo >/dev/null
+  dotnet build "$ROOT/src/Switchboard.Agent" -c Release -m:1 -v q -nologo >/dev/null
   SB="$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"
+  AGENT="$ROOT/src/Switchboard.Agent/bin/Release/net10.0/switchboard-agent"
 fi
-echo "switchboard under test: $SB" >&2
+echo "switchboard under test: $SB, agent: $AGENT" >&2
 if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
   mkdir -p "$PEER" && (cd "$PEER" && npm init -y >/dev/null && npm install --silent pipenet@1.4.3 >/dev/null)
 fi
@@ -34,16 +42,17 @@ node "$ROOT/bench/tunnels/local-server.js" $LOCAL & PIDS+=($!)
 "$SB" serve --urls http://127.0.0.1:$GW --data-dir "$WORK/data" >"$WORK/serve.log" 2>&1 & GWPID=$!; PIDS+=($GWPID)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$GW/healthz && break; sleep 0.2; done
 TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>"$WORK/token.log") || { cat "$WORK/token.log" >&2; exit 1; }
-"$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench >"$WORK/agent.log" 2>&1 & AGPID=$!; PIDS+=($AGPID)
+"$AGENT" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench >"$WORK/agent.log" 2>&1 & AGPID=$!; PIDS+=($AGPID)
+"$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench-cli >"$WORK/agent-cli.log" 2>&1 & CLIPID=$!; PIDS+=($CLIPID)
 "$PEER/node_modules/.bin/pipenet" server --port $PN --domain localhost >"$WORK/pipenet-server.log" 2>&1 & PIDS+=($!)
 sleep 1
 "$PEER/node_modules/.bin/pipenet" client --port $LOCAL --host http://localhost:$PN --subdomain bench >"$WORK/pipenet-client.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && curl -sf -o /dev/null -H "Host: bench.localhost:$PN" http://127.0.0.1:$PN/small && break; sleep 0.2; done
+for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && grep -q Forwarding "$WORK/agent-cli.log" && curl -sf -o /dev/null -H "Host: bench.localhost:$PN" http://127.0.0.1:$PN/small && break; sleep 0.2; done
 
 # name | url | extra wrk/curl header | warm up first
 # pipenet goes first: its client stops forwarding (every request gets an error) when left idle for a few tens of
 # seconds, which is how long the other variants' warm-ups take.
-VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "switchboard|http://127.0.0.1:$GW/t/bench||yes")
+VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "switchboard|http://127.0.0.1:$GW/t/bench||yes" "switchboard-cli|http://127.0.0.1:$GW/t/bench-cli||yes")
 rss() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status; }
 lat() { # prints p50 p99 in ms from wrk --latency output
   awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50, p99}' | sed -E 's/([0-9.]+)us/\1e-3/g; s/([0-9.]+)ms/\1/g; s/([0-9.]+)s/\1e3/g' | awk '{printf "%.3f %.3f", $1, $2}'
@@ -52,11 +61,14 @@ echo "| variant | req/s (c=$CONN) | p50 ms (c=$CONN) | p99 ms (c=$CONN) | p50 ms
 echo "|---|---|---|---|---|---|---|"
 for v in "${VARIANTS[@]}"; do
   IFS='|' read -r name url header warm <<<"$v"
-  if [ "$name" = switchboard ] && ! kill -0 "$AGPID" 2>/dev/null; then
-    echo "the switchboard agent exited before its measurement; its log and the gateway's:" >&2
-    tail -n 30 "$WORK/agent.log" "$WORK/serve.log" >&2
-    exit 1
-  fi
+  for a in "switchboard $AGPID agent.log" "switchboard-cli $CLIPID agent-cli.log"; do
+    read -r an ap al <<<"$a"
+    if [ "$name" = "$an" ] && ! kill -0 "$ap" 2>/dev/null; then
+      echo "the $an agent exited before its measurement; its log and the gateway's:" >&2
+      tail -n 30 "$WORK/$al" "$WORK/serve.log" >&2
+      exit 1
+    fi
+  done
   H=(); [ -n "$header" ] && H=(-H "$header")
   if [ "$WARMUP" -gt 0 ] && [ "$warm" = yes ]; then
     wrk -t2 -c"$CONN" -d"${WARMUP}s" "${H[@]}" "$url/small" >/dev/null
@@ -71,9 +83,12 @@ for v in "${VARIANTS[@]}"; do
   echo "| $name | $rps | $p50 | $p99 | $l50 | $l99 | $speed |${errs:+ $errs}"
 done
 echo
-if ! kill -0 "$AGPID" 2>/dev/null; then
-  echo "the switchboard agent exited during the run; its log:" >&2
-  tail -n 30 "$WORK/agent.log" >&2
-  exit 1
-fi
-echo "Switchboard peak RSS: gateway $(rss $GWPID) MB, agent $(rss $AGPID) MB"
+for a in "$AGPID agent.log" "$CLIPID agent-cli.log"; do
+  read -r ap al <<<"$a"
+  if ! kill -0 "$ap" 2>/dev/null; then
+    echo "an agent exited during the run; its log:" >&2
+    tail -n 30 "$WORK/$al" >&2
+    exit 1
+  fi
+done
+echo "Switchboard peak RSS: gateway $(rss $GWPID) MB (both variants), switchboard-agent $(rss $AGPID) MB, switchboard tunnel (CLI) $(rss $CLIPID) MB"

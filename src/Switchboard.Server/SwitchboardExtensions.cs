@@ -32,7 +32,7 @@ public static class SwitchboardExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddMetrics();
         services.TryAddSingleton<SwitchboardMetrics>();
-        services.TryAddSingleton(sp => new PrometheusExporter([SwitchboardMetrics.MeterName], sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>()));
+        services.TryAddSingleton(sp => new PrometheusExporter([SwitchboardMetrics.MeterName], sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), ["System.Runtime"]));
         services.TryAddSingleton<TokenService>();
         services.TryAddSingleton<RequestAuth>();
         services.TryAddSingleton<OriginPolicy>();

@@ -4,8 +4,9 @@ using System.Text;
 namespace Switchboard.Cli.Tests;
 
 /// <summary>
-/// Runs the real <c>switchboard</c> CLI as a child process: the built switchboard.dll next to the tests, or the native
-/// executable named by <c>SWITCHBOARD_TEST_CLI</c> (test.sh runs these tests a second time against the native build).
+/// Runs the real <c>switchboard</c> CLI (or the standalone <c>switchboard-agent</c>) as a child process: the built dll next
+/// to the tests, or the native executable named by <c>SWITCHBOARD_TEST_CLI</c> / <c>SWITCHBOARD_TEST_AGENT</c> (test.sh
+/// runs these tests a second time against the native build).
 /// </summary>
 internal sealed partial class CliProcess : IAsyncDisposable
 {
@@ -35,15 +36,25 @@ internal sealed partial class CliProcess : IAsyncDisposable
     /// <summary>The native executable under test, or null for the managed build.</summary>
     public static string? Native => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_CLI") is { Length: > 0 } path ? Path.GetFullPath(path) : null;
 
+    /// <summary>The native standalone agent under test, or null for the managed build.</summary>
+    public static string? NativeAgent => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_AGENT") is { Length: > 0 } path ? Path.GetFullPath(path) : null;
+
     public string Stdout { get { lock (_gate) return _stdout.ToString(); } }
     public string Stderr { get { lock (_gate) return _stderr.ToString(); } }
     public Process Process => _process;
 
-    public static CliProcess Start(string workingDirectory, IDictionary<string, string>? env, params string[] args)
+    public static CliProcess Start(string workingDirectory, IDictionary<string, string>? env, params string[] args) =>
+        Start(Native, Dll, workingDirectory, env, args);
+
+    /// <summary>Runs <c>switchboard-agent</c>, the tunnel agent on its own.</summary>
+    public static CliProcess StartAgent(string workingDirectory, IDictionary<string, string>? env, params string[] args) =>
+        Start(NativeAgent, Path.Combine(AppContext.BaseDirectory, "switchboard-agent.dll"), workingDirectory, env, args);
+
+    private static CliProcess Start(string? native, string dll, string workingDirectory, IDictionary<string, string>? env, string[] args)
     {
-        var psi = new ProcessStartInfo(Native ?? "dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Native is null)
-            psi.ArgumentList.Add(Dll);
+        var psi = new ProcessStartInfo(native ?? "dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
+        if (native is null)
+            psi.ArgumentList.Add(dll);
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         foreach (var key in new[] { "SWITCHBOARD_JWT_SECRET", "SWITCHBOARD_API_KEY", "SWITCHBOARD_DATABASE", "SWITCHBOARD_URLS", "SWITCHBOARD_DATA_DIR" })
@@ -54,9 +65,15 @@ internal sealed partial class CliProcess : IAsyncDisposable
         return new CliProcess(Process.Start(psi)!);
     }
 
-    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(string workingDirectory, IDictionary<string, string>? env, params string[] args)
+    public static Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(string workingDirectory, IDictionary<string, string>? env, params string[] args) =>
+        CompleteAsync(Start(workingDirectory, env, args));
+
+    public static Task<(int ExitCode, string Stdout, string Stderr)> RunAgentAsync(string workingDirectory, IDictionary<string, string>? env, params string[] args) =>
+        CompleteAsync(StartAgent(workingDirectory, env, args));
+
+    private static async Task<(int ExitCode, string Stdout, string Stderr)> CompleteAsync(CliProcess started)
     {
-        await using var p = Start(workingDirectory, env, args);
+        await using var p = started;
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await p._process.WaitForExitAsync(cts.Token);
         p._process.WaitForExit(); // flush redirected output

@@ -5,14 +5,19 @@ using System.Text.RegularExpressions;
 
 namespace Switchboard.Cli.Tests;
 
-/// <summary><c>switchboard serve</c> and <c>switchboard tunnel http PORT</c> as a person runs them, with a real local HTTP server.</summary>
+/// <summary>
+/// <c>switchboard serve</c> and <c>switchboard tunnel http PORT</c> (or the standalone <c>switchboard-agent tunnel http
+/// PORT</c>) as a person runs them, with a real local HTTP server.
+/// </summary>
 public sealed partial class TunnelCommandTests : CliWorkingDirectory
 {
     [GeneratedRegex(@"Forwarding\s+(http://127\.0\.0\.1:\d+/t/\S+/)\s+->")]
     private static partial Regex PathForwardingLine();
 
-    [Fact]
-    public async Task Tunnel_forwards_from_the_printed_url_and_stops_with_the_agent()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Tunnel_forwards_from_the_printed_url_and_stops_with_the_agent(bool standaloneAgent)
     {
         var port = FreePort();
         using var local = new HttpListener();
@@ -26,8 +31,8 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
         Assert.True(code == 0, error);
 
         string publicUrl;
-        await using (var agent = CliProcess.Start(WorkDir, null, "tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                         "--server", url, "--token", token.Trim(), "--subdomain", "cli-test"))
+        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token.Trim(), "--subdomain", "cli-test"];
+        await using (var agent = standaloneAgent ? CliProcess.StartAgent(WorkDir, null, agentArgs) : CliProcess.Start(WorkDir, null, agentArgs))
         {
             var printed = await agent.WaitForOutputAsync("/t/cli-test/", TimeSpan.FromSeconds(30));
             publicUrl = PathForwardingLine().Match(printed).Groups[1].Value;
@@ -68,6 +73,27 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
         Assert.Contains("switchboard_connections_closed_total{endpoint=\"tunnel\",code=\"1000\"} 1", metrics, StringComparison.Ordinal);
         local.Stop();
         await serving;
+    }
+
+    [Fact]
+    public async Task Standalone_agent_refuses_a_bad_token_and_a_bad_target_clearly()
+    {
+        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
+        var url = await serve.WaitForListeningUrlAsync();
+
+        var (code, _, stderr) = await CliProcess.RunAgentAsync(WorkDir, null, "tunnel", "http", "3000", "--server", url, "--token", "not-a-token");
+        Assert.Equal(3, code); // unauthorized: the documented exit code, no retry loop
+        Assert.Contains("refused the tunnel (4401)", stderr, StringComparison.Ordinal);
+
+        (code, _, stderr) = await CliProcess.RunAgentAsync(WorkDir, null, "tunnel", "http", "ftp://example");
+        Assert.Equal(2, code);
+        Assert.Contains("is not a port, host:port or http(s) URL", stderr, StringComparison.Ordinal);
+
+        // The agent carries only the tunnel command: no server, no store.
+        var (helpCode, help, _) = await CliProcess.RunAgentAsync(WorkDir, null, "--help");
+        Assert.Equal(0, helpCode);
+        Assert.Matches(@"(?m)^\s+tunnel\s+Expose a local server", help);
+        Assert.DoesNotMatch(@"(?m)^\s+(serve|token|tokens|publish|env)\s", help);
     }
 
     // Answers "METHOD /path?query" plus the request body.

@@ -21,12 +21,19 @@ public sealed class PrometheusExporter : IDisposable
     /// When set, only meters created by this <see cref="IMeterFactory"/>: a listener sees every meter of the process,
     /// so two gateways in one process (tests, an embedding host) would otherwise export each other's instruments.
     /// </param>
-    public PrometheusExporter(IEnumerable<string> meterNames, IMeterFactory? scope = null)
+    /// <param name="processMeterNames">
+    /// Process-wide meters exported whatever their scope, such as the runtime's <c>System.Runtime</c> (GC heap, thread
+    /// pool, exceptions): there is one runtime per process.
+    /// </param>
+    public PrometheusExporter(IEnumerable<string> meterNames, IMeterFactory? scope = null, IEnumerable<string>? processMeterNames = null)
     {
         var names = meterNames.ToHashSet(StringComparer.Ordinal);
+        var processNames = (processMeterNames ?? []).ToHashSet(StringComparer.Ordinal);
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (!names.Contains(instrument.Meter.Name) || (scope is not null && !ReferenceEquals(instrument.Meter.Scope, scope)))
+            var wanted = processNames.Contains(instrument.Meter.Name)
+                || (names.Contains(instrument.Meter.Name) && (scope is null || ReferenceEquals(instrument.Meter.Scope, scope)));
+            if (!wanted)
                 return;
             var state = new InstrumentState(instrument);
             lock (_gate)
