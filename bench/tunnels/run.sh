@@ -19,11 +19,11 @@ LOCAL=19000; GW=19080; PN=19090
 PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
 
 # The gateway and agents under test: the native builds by default (what scripts/publish-native.sh ships),
-# NATIVE=0 for the managed builds (dotnet build), SWITCHBOARD_BIN=PATH for any other switchboard executable (its
-# switchboard-agent is expected next to it).
+# NATIVE=0 for the managed builds (dotnet build), SWITCHBOARD_BIN=PATH for any other switchboard executable (with
+# SWITCHBOARD_AGENT_BIN=PATH for its standalone agent; default: the switchboard-agent next to it).
 if [ -n "${SWITCHBOARD_BIN:-}" ]; then
-  SB=$SWITCHBOARD_BIN
-  AGENT=$(dirname "$SB")/switchboard-agent
+  SB=$(command -v "$SWITCHBOARD_BIN")
+  AGENT=${SWITCHBOARD_AGENT_BIN:-$(dirname "$SB")/switchboard-agent}
 elif [ "${NATIVE:-1}" = 1 ]; then
   SB=$("$ROOT/scripts/publish-native.sh" "$ROOT/bench/tunnels/bin/native")
   AGENT=$(dirname "$SB")/switchboard-agent
@@ -33,7 +33,10 @@ else
   SB="$ROOT/src/Switchboard.Cli/bin/Release/net10.0/switchboard"
   AGENT="$ROOT/src/Switchboard.Agent/bin/Release/net10.0/switchboard-agent"
 fi
-echo "switchboard under test: $SB, agent: $AGENT" >&2
+for exe in "$SB" "$AGENT"; do
+  [ -x "$exe" ] || { echo "not an executable: $exe (set SWITCHBOARD_AGENT_BIN for a build without switchboard-agent next to switchboard)" >&2; exit 1; }
+done
+echo "switchboard under test: ${SB#"$ROOT"/}, agent: ${AGENT#"$ROOT"/}" >&2
 if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
   mkdir -p "$PEER" && (cd "$PEER" && npm init -y >/dev/null && npm install --silent pipenet@1.4.3 >/dev/null)
 fi

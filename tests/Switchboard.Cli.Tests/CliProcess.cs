@@ -37,7 +37,10 @@ internal sealed partial class CliProcess : IAsyncDisposable
     public static string? Native => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_CLI") is { Length: > 0 } path ? Path.GetFullPath(path) : null;
 
     /// <summary>The native standalone agent under test, or null for the managed build.</summary>
-    public static string? NativeAgent => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_AGENT") is { Length: > 0 } path ? Path.GetFullPath(path) : null;
+    /// <remarks>Without <c>SWITCHBOARD_TEST_AGENT</c>, the <c>switchboard-agent</c> next to a native <c>switchboard</c>.</remarks>
+    public static string? NativeAgent => Environment.GetEnvironmentVariable("SWITCHBOARD_TEST_AGENT") is { Length: > 0 } path
+        ? Path.GetFullPath(path)
+        : Native is { } cli ? Path.Combine(Path.GetDirectoryName(cli)!, "switchboard-agent") : null;
 
     public string Stdout { get { lock (_gate) return _stdout.ToString(); } }
     public string Stderr { get { lock (_gate) return _stderr.ToString(); } }

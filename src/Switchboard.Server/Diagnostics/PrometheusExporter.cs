@@ -5,13 +5,17 @@ using System.Text;
 namespace Switchboard.Server.Diagnostics;
 
 /// <summary>
-/// Collects every instrument of the Switchboard meters with a <see cref="MeterListener"/> and writes them in the
-/// Prometheus text exposition format (version 0.0.4). Counters become <c>_total</c>, histograms get
+/// Collects every instrument of the Switchboard meters (and of process-wide meters such as the runtime's) with a
+/// <see cref="MeterListener"/> and writes them in the Prometheus text exposition format (version 0.0.4). Counters become <c>_total</c>, histograms get
 /// cumulative <c>_bucket</c>/<c>_sum</c>/<c>_count</c>, and units in seconds or bytes are appended to the name.
 /// </summary>
 public sealed class PrometheusExporter : IDisposable
 {
     private static readonly double[] DefaultBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+    // The runtime publishes these two as observable counters though they go down as well as up (dotnet/runtime#112077):
+    // exported as counters, every drop would read as a counter reset and rate() would be meaningless.
+    private static readonly HashSet<string> CountersThatAreGauges = new(StringComparer.Ordinal) { "dotnet.thread_pool.thread.count", "dotnet.thread_pool.queue.length" };
     private readonly MeterListener _listener = new();
     private readonly List<InstrumentState> _instruments = [];
     private readonly Lock _gate = new();
@@ -89,7 +93,8 @@ public sealed class PrometheusExporter : IDisposable
 
         private bool IsHistogram => Instrument is Histogram<double> or Histogram<long> or Histogram<int>;
         private bool IsGauge => Instrument.GetType().Name.StartsWith("Observable", StringComparison.Ordinal) && !Instrument.GetType().Name.StartsWith("ObservableCounter", StringComparison.Ordinal)
-            || Instrument.GetType().Name.StartsWith("Gauge", StringComparison.Ordinal);
+            || Instrument.GetType().Name.StartsWith("Gauge", StringComparison.Ordinal)
+            || CountersThatAreGauges.Contains(Instrument.Name);
         private bool IsUpDown => Instrument.GetType().Name.Contains("UpDown", StringComparison.Ordinal);
 
         // Hot path (every delivered message records a latency): lock-free. Series are found in a copy-on-write
