@@ -6,7 +6,8 @@
 # download, default 10 s), so the numbers are steady state, not the .NET tiered JIT's first seconds. WARMUP=0 turns it
 # off. pipenet is measured first and without warm-up (see VARIANTS). The large download runs BIG_RUNS times (default 3)
 # per variant and the median is reported.
-# Two Switchboard variants share the gateway: "switchboard" through the standalone agent (switchboard-agent tunnel http,
+# relay-x2 is the same server through two bare TCP relays (bench/tunnels/relay.c): the ceiling for any tunnel of two
+# processes on loopback. Two Switchboard variants share the gateway: "switchboard" through the standalone agent (switchboard-agent tunnel http,
 # the lighter executable) and "switchboard-cli" through the full CLI's agent (switchboard tunnel http); each agent's peak
 # RSS is reported.
 set -euo pipefail
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-LOCAL=19000; GW=19080; PN=19090
+LOCAL=19000; GW=19080; PN=19090; R1=19101; R2=19102
 PEER=${PIPENET_DIR:-${TMPDIR:-/tmp}/switchboard-bench-pipenet}
 
 # The gateway and agents under test: the native builds by default (what scripts/publish-native.sh ships),
@@ -42,6 +43,15 @@ if [ ! -x "$PEER/node_modules/.bin/pipenet" ]; then
 fi
 
 node "$ROOT/bench/tunnels/local-server.js" $LOCAL & PIDS+=($!)
+# Two bare TCP relays in a row (bench/tunnels/relay.c): what two extra processes on loopback cost with no tunnel work.
+RELAY_VARIANT=()
+if command -v cc >/dev/null 2>&1 && cc -O2 -o "$WORK/relay" "$ROOT/bench/tunnels/relay.c"; then
+  "$WORK/relay" $R1 $LOCAL & PIDS+=($!)
+  "$WORK/relay" $R2 $R1 & PIDS+=($!)
+  RELAY_VARIANT=("relay-x2|http://127.0.0.1:$R2||no")
+else
+  echo "no C compiler: the relay-x2 ceiling is not measured" >&2
+fi
 "$SB" serve --urls http://127.0.0.1:$GW --data-dir "$WORK/data" >"$WORK/serve.log" 2>&1 & GWPID=$!; PIDS+=($GWPID)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$GW/healthz && break; sleep 0.2; done
 TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>"$WORK/token.log") || { cat "$WORK/token.log" >&2; exit 1; }
@@ -55,7 +65,7 @@ for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && grep -q Forwardin
 # name | url | extra wrk/curl header | warm up first
 # pipenet goes first: its client stops forwarding (every request gets an error) when left idle for a few tens of
 # seconds, which is how long the other variants' warm-ups take.
-VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "switchboard|http://127.0.0.1:$GW/t/bench||yes" "switchboard-cli|http://127.0.0.1:$GW/t/bench-cli||yes")
+VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "${RELAY_VARIANT[@]}" "switchboard|http://127.0.0.1:$GW/t/bench||yes" "switchboard-cli|http://127.0.0.1:$GW/t/bench-cli||yes")
 rss() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status; }
 lat() { # prints p50 p99 in ms from wrk --latency output
   awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50, p99}' | sed -E 's/([0-9.]+)us/\1e-3/g; s/([0-9.]+)ms/\1/g; s/([0-9.]+)s/\1e3/g' | awk '{printf "%.3f %.3f", $1, $2}'
