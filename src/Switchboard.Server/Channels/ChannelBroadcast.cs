@@ -68,4 +68,7 @@ public interface IChannelSubscriber
 
     /// <summary>Queues a recovered history message (already serialized for this subscriber's format).</summary>
     bool Deliver(ChannelBroadcast broadcast, bool recovered) => Deliver(broadcast);
+
+    /// <summary>Queues the broadcast as part of a fan-out that starts idle senders together (<see cref="Connections.SenderStarts"/>).</summary>
+    internal bool Deliver(ChannelBroadcast broadcast, Connections.SenderStarts starts) => Deliver(broadcast);
 }

@@ -280,11 +280,21 @@ public sealed partial class ChannelHub : IHostedService, IDisposable
     {
         var subscribers = state.Snapshot();
         var exclude = broadcast.ExcludeConnection;
-        foreach (var s in subscribers)
+        // Idle subscribers' senders start together, one thread-pool work item per core instead of one per subscriber:
+        // bench/run.sh --scenarios b, five alternating pairs, median 284k vs 265k deliveries/s at 100 subscribers.
+        var starts = new Connections.SenderStarts(subscribers.Length);
+        try
         {
-            if (exclude is not null && s.Id == exclude)
-                continue;
-            s.Deliver(broadcast);
+            foreach (var s in subscribers)
+            {
+                if (exclude is not null && s.Id == exclude)
+                    continue;
+                s.Deliver(broadcast, starts);
+            }
+        }
+        finally
+        {
+            starts.Start(); // every sender that was asked for starts, whatever happened above
         }
     }
 

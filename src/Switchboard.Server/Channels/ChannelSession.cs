@@ -15,6 +15,8 @@ internal sealed class ChannelSession(WsConnection connection, ChannelHub hub, in
 
     public bool Deliver(ChannelBroadcast broadcast) => connection.TrySend(OutboundFrame.Text(broadcast.Json));
 
+    bool IChannelSubscriber.Deliver(ChannelBroadcast broadcast, SenderStarts starts) => starts.TrySend(connection, OutboundFrame.Text(broadcast.Json));
+
     public void Resync(string channel) =>
         connection.Close(CloseCodes.SlowConsumer, $"channel {channel} has an unrecoverable gap: resubscribe", drain: true);
 

@@ -112,6 +112,22 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
     /// </summary>
     public bool TrySend(in OutboundFrame frame)
     {
+        if (!TryEnqueue(frame, out var startSender))
+            return false;
+        if (startSender)
+            StartSender();
+        return true;
+    }
+
+    /// <summary>
+    /// Queues a frame like <see cref="TrySend"/> but leaves starting the sender to the caller: when
+    /// <paramref name="startSender"/> comes back true the caller must call <see cref="StartSender"/> (soon, on any
+    /// thread), or the connection sends nothing more. Lets a fan-out start many connections' senders in a few
+    /// thread-pool work items instead of one each.
+    /// </summary>
+    internal bool TryEnqueue(in OutboundFrame frame, out bool startSender)
+    {
+        startSender = false;
         if (_closeRequested != 0)
             return false;
         long overflowBytes;
@@ -145,11 +161,30 @@ public sealed partial class WsConnection : IThreadPoolWorkItem
             }
             return false;
         }
+        startSender = true;
+        return true;
+    }
+
+    /// <summary>Starts the sender after <see cref="TryEnqueue"/> asked for it.</summary>
+    internal void StartSender()
+    {
         if (_settings.InlineWrites)
             ((IThreadPoolWorkItem)this).Execute(); // interactive: write on the producer's thread, no hop per frame
         else
             ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
-        return true;
+    }
+
+    /// <summary>Runs the sender on the calling thread (a fan-out work item), after <see cref="TryEnqueue"/> asked for it.</summary>
+    internal void RunSender()
+    {
+        try
+        {
+            ((IThreadPoolWorkItem)this).Execute();
+        }
+        catch (Exception ex)
+        {
+            OnSendFailed(ex, 0); // this connection is done; the fan-out goes on with the next one
+        }
     }
 
     // The scheduled sender.

@@ -80,6 +80,46 @@ public sealed class ChannelHttpTests
     }
 
     [Fact]
+    public async Task Fan_out_to_many_subscribers_delivers_every_message_in_order_to_each()
+    {
+        // 40 subscribers: the fan-out starts their senders in several chunks (SenderStarts), concurrently with
+        // publishes from four HTTP clients; one subscriber is excluded from every fifth message.
+        await using var gw = await TestGateway.StartAsync();
+        var subscribers = new List<TestSocket>();
+        for (var i = 0; i < 40; i++)
+        {
+            var s = await gw.ConnectChannelsAsync();
+            await s.SendJsonAsync(new { type = "subscribe", channel = "fan" });
+            await s.ReceiveTypeAsync("subscribed");
+            subscribers.Add(s);
+        }
+        var excluded = subscribers[17];
+        var excludedOffsets = new System.Collections.Concurrent.ConcurrentBag<long>();
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(async p =>
+        {
+            for (var k = 0; k < 30; k++)
+            {
+                var exclude = k % 5 == 0 ? excluded.ConnectionId : null;
+                var response = await gw.Api.PostAsJsonAsync("api/v1/channels/fan/messages", new { data = new { p, k }, excludeConnection = exclude });
+                response.EnsureSuccessStatusCode();
+                if (exclude is not null)
+                    excludedOffsets.Add((await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("offset").GetInt64());
+            }
+        }));
+        Assert.Equal(24, excludedOffsets.Count);
+        await Task.WhenAll(subscribers.Select(async s =>
+        {
+            var expected = Enumerable.Range(1, 120).Select(o => (long)o).Where(o => s != excluded || !excludedOffsets.Contains(o)).ToList();
+            var received = new List<long>();
+            while (received.Count < expected.Count)
+                received.Add((await s.ReceiveTypeAsync("message")).GetProperty("offset").GetInt64());
+            Assert.Equal(expected, received);
+        }));
+        foreach (var s in subscribers)
+            await s.DisposeAsync();
+    }
+
+    [Fact]
     public async Task Websocket_publish_replies_published_and_reaches_subscribers_in_order()
     {
         await using var gw = await TestGateway.StartAsync();
