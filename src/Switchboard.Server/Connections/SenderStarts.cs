@@ -1,14 +1,17 @@
 namespace Switchboard.Server.Connections;
 
 /// <summary>
-/// The senders a fan-out has to start (connections that were idle when it queued their frame), started in at most one
-/// thread-pool work item per core instead of one per connection: fewer queue operations and worker wake-ups per
-/// broadcast, still one chunk per core running in parallel. One instance per broadcast.
+/// The senders a fan-out has to start (connections that were idle when it queued their frame), started in a few
+/// thread-pool work items (one per core, at most 64 connections each) instead of one per connection: fewer queue
+/// operations and worker wake-ups per broadcast, chunks still running in parallel. One instance per broadcast.
 /// </summary>
 internal sealed class SenderStarts(int capacity)
 {
-    // Below this many senders a chunk is not worth splitting further.
+    // Below this many senders a chunk is not worth splitting further; above MaxChunk it is split even when there are
+    // more chunks than cores, so a chunk whose thread is descheduled holds up few connections (other workers take the
+    // other chunks).
     private const int MinChunk = 8;
+    private const int MaxChunk = 64;
     private readonly WsConnection[] _items = new WsConnection[Math.Max(capacity, 1)];
     private int _count;
 
@@ -39,8 +42,7 @@ internal sealed class SenderStarts(int capacity)
             _items[0].StartSender();
             return;
         }
-        var chunks = Math.Clamp((count + MinChunk - 1) / MinChunk, 1, Environment.ProcessorCount);
-        var size = (count + chunks - 1) / chunks;
+        var size = Math.Clamp((count + Environment.ProcessorCount - 1) / Environment.ProcessorCount, MinChunk, MaxChunk);
         for (var start = 0; start < count; start += size)
             ThreadPool.UnsafeQueueUserWorkItem(new Chunk(_items, start, Math.Min(count, start + size)), preferLocal: false);
     }
