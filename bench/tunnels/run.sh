@@ -8,8 +8,9 @@
 # per variant and the median is reported.
 # relay-x2 is the same server through two bare TCP relays (bench/tunnels/relay.c): the ceiling for any tunnel of two
 # processes on loopback. Two Switchboard variants share the gateway: "switchboard" through the standalone agent (switchboard-agent tunnel http,
-# the lighter executable) and "switchboard-cli" through the full CLI's agent (switchboard tunnel http); each agent's peak
-# RSS is reported.
+# the lighter executable, which the native `switchboard tunnel` also hands its process over to when it is installed next
+# to it) and "switchboard-cli" through the full CLI's own agent (switchboard tunnel http with SWITCHBOARD_AGENT_HANDOFF=0,
+# what runs when switchboard-agent is not installed); each agent's peak RSS is reported.
 set -euo pipefail
 DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}; WARMUP=${WARMUP:-10}; BIG_RUNS=${BIG_RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,7 +57,7 @@ fi
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$GW/healthz && break; sleep 0.2; done
 TOKEN=$("$SB" tokens create --kind agent --data-dir "$WORK/data" 2>"$WORK/token.log") || { cat "$WORK/token.log" >&2; exit 1; }
 "$AGENT" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench >"$WORK/agent.log" 2>&1 & AGPID=$!; PIDS+=($AGPID)
-"$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench-cli >"$WORK/agent-cli.log" 2>&1 & CLIPID=$!; PIDS+=($CLIPID)
+SWITCHBOARD_AGENT_HANDOFF=0 "$SB" tunnel http $LOCAL --server http://127.0.0.1:$GW --token "$TOKEN" --subdomain bench-cli >"$WORK/agent-cli.log" 2>&1 & CLIPID=$!; PIDS+=($CLIPID)
 "$PEER/node_modules/.bin/pipenet" server --port $PN --domain localhost >"$WORK/pipenet-server.log" 2>&1 & PIDS+=($!)
 sleep 1
 "$PEER/node_modules/.bin/pipenet" client --port $LOCAL --host http://localhost:$PN --subdomain bench >"$WORK/pipenet-client.log" 2>&1 & PIDS+=($!)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Switchboard.Cli.Commands;
 
+AgentHandoff.TryExec(args);
 var root = new RootCommand("Switchboard: self-hosted real-time gateway (tunnels, rooms, channels, environments).");
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(TokenCommand.Create());

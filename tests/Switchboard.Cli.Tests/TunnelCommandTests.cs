@@ -37,6 +37,13 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
             var printed = await agent.WaitForOutputAsync("/t/cli-test/", TimeSpan.FromSeconds(30));
             publicUrl = PathForwardingLine().Match(printed).Groups[1].Value;
             Assert.Equal(url + "/t/cli-test/", publicUrl);
+            if (!standaloneAgent && CliProcess.Native is { } native && OperatingSystem.IsLinux()
+                && File.Exists(Path.Combine(Path.GetDirectoryName(native)!, "switchboard-agent")))
+            {
+                // The native `switchboard tunnel` handed its process over to the switchboard-agent next to it.
+                var exe = File.ResolveLinkTarget($"/proc/{agent.Process.Id}/exe", returnFinalTarget: false)?.FullName;
+                Assert.Equal("switchboard-agent", Path.GetFileName(exe));
+            }
 
             using var http = new HttpClient();
             var get = await http.GetAsync(publicUrl + "hello?x=1");
