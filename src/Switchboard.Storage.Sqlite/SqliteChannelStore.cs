@@ -99,8 +99,13 @@ public sealed class SqliteChannelStore(SqliteDatabase db, TimeProvider time) : I
             try
             {
                 var results = CommitAsync(batch).GetAwaiter().GetResult();
-                for (var i = 0; i < batch.Count; i++)
-                    batch[i].Result.TrySetResult(results[i]);
+                // The publishes resume here, in offset order, and queue their fan-outs; the subscribers' senders
+                // start once at the end, so each writes the batch's messages together.
+                using (DeliveryBatch.Begin())
+                {
+                    for (var i = 0; i < batch.Count; i++)
+                        batch[i].Result.TrySetResult(results[i]);
+                }
             }
             catch (Exception ex)
             {
