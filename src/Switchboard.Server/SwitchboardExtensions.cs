@@ -1,3 +1,4 @@
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
@@ -68,6 +69,20 @@ public static class SwitchboardExtensions
             k.ConfigureEndpointDefaults(listen => listen.Use(next =>
                 listen.ApplicationServices.GetService<WsFastUpgrade>() is { } fast ? context => fast.OnConnectionAsync(context, next) : next));
         });
+        return builder;
+    }
+
+    /// <summary>
+    /// Serves the <c>https://</c> addresses with <paramref name="certificate"/> (with its private key). HTTPS endpoints
+    /// speak HTTP/1.1 and HTTP/2 (ALPN), so HTTP/2 clients get response trailers, which Kestrel sends over HTTP/2 only.
+    /// </summary>
+    public static WebApplicationBuilder ConfigureSwitchboardTls(this WebApplicationBuilder builder, X509Certificate2 certificate)
+    {
+        ArgumentNullException.ThrowIfNull(certificate);
+        if (!certificate.HasPrivateKey)
+            throw new ArgumentException("the TLS certificate has no private key", nameof(certificate));
+        builder.WebHost.UseKestrelHttpsConfiguration();
+        builder.WebHost.ConfigureKestrel(k => k.ConfigureHttpsDefaults(https => https.ServerCertificate = certificate));
         return builder;
     }
 

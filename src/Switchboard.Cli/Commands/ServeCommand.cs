@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Configuration;
@@ -39,9 +41,19 @@ internal static class ServeCommand
             Description = "Domain under which tunnels get subdomains (env SWITCHBOARD_TUNNEL_DOMAIN).",
             DefaultValueFactory = _ => Env("SWITCHBOARD_TUNNEL_DOMAIN") ?? "localhost",
         };
+        var tlsCert = new Option<string?>("--tls-cert")
+        {
+            Description = "PEM certificate (chain) for the https:// addresses of --urls (env SWITCHBOARD_TLS_CERT).",
+            DefaultValueFactory = _ => Env("SWITCHBOARD_TLS_CERT"),
+        };
+        var tlsKey = new Option<string?>("--tls-key")
+        {
+            Description = "PEM private key of --tls-cert (env SWITCHBOARD_TLS_KEY; default: the key inside the --tls-cert file).",
+            DefaultValueFactory = _ => Env("SWITCHBOARD_TLS_KEY"),
+        };
         var command = new Command("serve", "Start the gateway (embedded SQLite store and in-process bus unless --database is given).")
         {
-            urls, dataDir, database, nodeId, advertiseUrl, tunnelDomain,
+            urls, dataDir, database, nodeId, advertiseUrl, tunnelDomain, tlsCert, tlsKey,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -49,6 +61,13 @@ internal static class ServeCommand
             if (node.Validate() is { } invalid)
             {
                 await Console.Error.WriteLineAsync("error: " + invalid);
+                return 2;
+            }
+            var listen = parse.GetValue(urls)!;
+            var (certificate, tlsError) = LoadCertificate(listen, parse.GetValue(tlsCert), parse.GetValue(tlsKey));
+            if (tlsError is not null)
+            {
+                await Console.Error.WriteLineAsync("error: " + tlsError);
                 return 2;
             }
             var dir = Path.GetFullPath(parse.GetValue(dataDir)!);
@@ -62,12 +81,37 @@ internal static class ServeCommand
                 await Console.Error.WriteLineAsync($"error: cannot use data dir {dir}: {ex.Message}");
                 return 1;
             }
-            return await RunAsync(parse.GetValue(urls)!, dir, parse.GetValue(tunnelDomain)!, secrets, node, cancellationToken);
+            return await RunAsync(listen, dir, parse.GetValue(tunnelDomain)!, secrets, node, certificate, cancellationToken);
         });
         return command;
     }
 
     private static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
+
+    // An https:// address needs a certificate, and a certificate is for https:// addresses: either mismatch is a
+    // mistake worth stopping for rather than a server that silently serves something else.
+    private static (X509Certificate2? Certificate, string? Error) LoadCertificate(string urls, string? certPath, string? keyPath)
+    {
+        var https = urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Any(u => u.StartsWith("https://", StringComparison.OrdinalIgnoreCase));
+        if (certPath is null)
+        {
+            return keyPath is not null ? (null, "--tls-key needs --tls-cert")
+                : https ? (null, "an https:// address in --urls needs --tls-cert (and --tls-key unless the key is in the same PEM file)")
+                : (null, null);
+        }
+        if (!https)
+            return (null, "--tls-cert is given but no --urls address is https://");
+        try
+        {
+            var certificate = X509Certificate2.CreateFromPemFile(certPath, keyPath);
+            return certificate.HasPrivateKey ? (certificate, null) : (null, $"{certPath}: no private key (give it with --tls-key)");
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
+        {
+            return (null, $"cannot load the TLS certificate {certPath}{(keyPath is null ? "" : " with key " + keyPath)}: {ex.Message}");
+        }
+    }
 
     /// <summary>Where the node keeps its state and how it is known to the other nodes.</summary>
     private sealed record NodeSettings(string? Database, string? NodeId, string? AdvertiseUrl)
@@ -102,7 +146,8 @@ internal static class ServeCommand
         }
     }
 
-    private static async Task<int> RunAsync(string urls, string dataDir, string tunnelDomain, Secrets secrets, NodeSettings node, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string urls, string dataDir, string tunnelDomain, Secrets secrets, NodeSettings node, X509Certificate2? certificate,
+        CancellationToken cancellationToken)
     {
         // No file watching for configuration reloads: settings come from flags and environment variables, and the
         // default watcher (recursive, on the working directory) would see every write to a data dir inside it and use
@@ -114,6 +159,8 @@ internal static class ServeCommand
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.ConfigureSwitchboardHost();
+        if (certificate is not null)
+            builder.ConfigureSwitchboardTls(certificate);
         builder.Services.AddSwitchboard(o =>
         {
             o.Auth.JwtSecret = secrets.JwtSecret;

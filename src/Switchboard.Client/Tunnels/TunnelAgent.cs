@@ -132,7 +132,10 @@ public sealed class TunnelAgent : IAsyncDisposable
         }
     }
 
-    /// <summary>Full-jitter exponential backoff: uniform in [base/2, min(max, min * 2^attempt)].</summary>
+    /// <summary>
+    /// Exponential backoff with equal jitter: uniform in [ceiling/2, ceiling], ceiling = min(max, min * 2^attempt). Half
+    /// fixed keeps a minimum delay; half random spreads a fleet of agents reconnecting after a gateway restart.
+    /// </summary>
     private TimeSpan Backoff(int attempt)
     {
         var ceiling = Math.Min(_options.MaxBackoff.TotalMilliseconds, _options.MinBackoff.TotalMilliseconds * Math.Pow(2, Math.Min(attempt, 20)));

@@ -1,5 +1,6 @@
 using System.Net.Http.Headers;
 using System.Net.WebSockets;
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
@@ -24,7 +25,9 @@ public sealed class TestGateway : IAsyncDisposable
     {
         App = app;
         DataDir = dataDir;
-        var address = app.Urls.First();
+        var address = app.Urls.First(u => u.StartsWith("http://", StringComparison.Ordinal));
+        if (app.Urls.FirstOrDefault(u => u.StartsWith("https://", StringComparison.Ordinal)) is { } https)
+            HttpsUri = new Uri(https.EndsWith('/') ? https : https + "/");
         BaseUri = new Uri(address.EndsWith('/') ? address : address + "/");
         WsBaseUri = new Uri(BaseUri.ToString().Replace("http://", "ws://", StringComparison.Ordinal));
         Http = new HttpClient { BaseAddress = BaseUri, Timeout = TimeSpan.FromSeconds(30) };
@@ -35,6 +38,9 @@ public sealed class TestGateway : IAsyncDisposable
     public WebApplication App { get; }
     public string DataDir { get; }
     public Uri BaseUri { get; }
+
+    /// <summary>The https:// address when the gateway was started with a TLS certificate.</summary>
+    public Uri? HttpsUri { get; }
     public Uri WsBaseUri { get; }
 
     /// <summary>Anonymous client.</summary>
@@ -45,13 +51,16 @@ public sealed class TestGateway : IAsyncDisposable
 
     public IServiceProvider Services => App.Services;
 
+    /// <param name="tls">When given, the gateway also listens on an https:// address with this certificate (<see cref="HttpsUri"/>).</param>
     public static async Task<TestGateway> StartAsync(Action<SwitchboardOptions>? configure = null, string? dataDir = null,
-        Action<IServiceCollection>? services = null, Action<WebApplication>? pipeline = null)
+        Action<IServiceCollection>? services = null, Action<WebApplication>? pipeline = null, X509Certificate2? tls = null)
     {
         dataDir ??= Path.Combine(Path.GetTempPath(), "switchboard-tests", Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dataDir);
         var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        builder.WebHost.UseUrls(tls is null ? ["http://127.0.0.1:0"] : ["http://127.0.0.1:0", "https://127.0.0.1:0"]);
+        if (tls is not null)
+            builder.ConfigureSwitchboardTls(tls);
         builder.Logging.ClearProviders();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.ConfigureSwitchboardHost();
