@@ -103,16 +103,36 @@ public static class SwitchboardExtensions
     }
 }
 
-/// <summary>On ApplicationStopping, closes every connection with 1001 and waits (bounded) for queues to drain, before Kestrel stops.</summary>
-internal sealed class ShutdownCoordinator(IHostApplicationLifetime lifetime, ConnectionManager manager) : IHostedService
+/// <summary>
+/// Graceful shutdown: closes every connection with 1001 and waits (bounded by <c>ShutdownDrainTimeout</c>) for queues to
+/// drain, while Kestrel still listens, so that new connections and <c>/healthz</c> get 503 during the drain instead of
+/// a refused connection. It runs in <see cref="IHostedLifecycleService.StoppingAsync"/>, which the host awaits before
+/// any hosted service's StopAsync (Kestrel's included), and starts early if ApplicationStopping fires first (SIGTERM).
+/// </summary>
+internal sealed class ShutdownCoordinator(IHostApplicationLifetime lifetime, ConnectionManager manager) : IHostedLifecycleService
 {
-    private Task _shutdown = Task.CompletedTask;
+    private Task? _shutdown;
+    private readonly Lock _gate = new();
+
+    public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        lifetime.ApplicationStopping.Register(() => _shutdown = manager.ShutdownAsync(CancellationToken.None));
+        lifetime.ApplicationStopping.Register(() => Shutdown());
         return Task.CompletedTask;
     }
 
-    public Task StopAsync(CancellationToken cancellationToken) => _shutdown.WaitAsync(cancellationToken);
+    public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StoppingAsync(CancellationToken cancellationToken) => Shutdown().WaitAsync(cancellationToken);
+
+    public Task StopAsync(CancellationToken cancellationToken) => Shutdown().WaitAsync(cancellationToken);
+
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    private Task Shutdown()
+    {
+        lock (_gate)
+            return _shutdown ??= manager.ShutdownAsync(CancellationToken.None);
+    }
 }
