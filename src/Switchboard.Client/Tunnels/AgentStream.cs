@@ -165,9 +165,10 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
 
     private static void AddHeaders(List<KeyValuePair<string, string>> list, HttpHeadersNonValidated headers)
     {
+        var listed = headers.TryGetValues("Connection", out var connection) ? HopByHop.Listed(connection) : null;
         foreach (var (name, values) in headers)
         {
-            if (HopByHop.IsHopByHop(name))
+            if (HopByHop.IsHopByHop(name, listed))
                 continue;
             foreach (var value in values)
                 list.Add(new(name, value));

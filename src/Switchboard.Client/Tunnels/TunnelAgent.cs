@@ -202,6 +202,9 @@ internal sealed class AgentConnection(TunnelAgent agent)
             throw new TunnelRefusedException(CloseCodes.PolicyViolation, "unexpected first frame from the gateway");
         var ack = TunnelHelloAck.Decode(TunnelProtocol.PayloadOf(frame));
         _window = ack.StreamWindow;
+        // The idle clock starts with the acknowledged connection, not with the connect attempt: a slow handshake
+        // must not shorten the first idle window.
+        Volatile.Write(ref _lastReceived, Stopwatch.GetTimestamp());
         return ack;
     }
 

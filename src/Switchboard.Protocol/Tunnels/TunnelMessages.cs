@@ -117,14 +117,42 @@ public sealed record TunnelResponseHead(int Status, IReadOnlyList<KeyValuePair<s
     }
 }
 
-/// <summary>Headers that describe one hop and are never forwarded (RFC 9110 7.6.1), plus proxy-internal ones.</summary>
+/// <summary>
+/// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1): the fixed ones, every <c>Proxy-*</c> header,
+/// and the ones a message's own <c>Connection</c> header names (<see cref="Listed"/>).
+/// </summary>
 public static class HopByHop
 {
     private static readonly HashSet<string> Names = new(StringComparer.OrdinalIgnoreCase)
     {
-        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade",
+        "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
     };
 
-    public static bool IsHopByHop(string name) => Names.Contains(name);
+    public static bool IsHopByHop(string name) => Names.Contains(name) || name.StartsWith("Proxy-", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Hop-by-hop, or named by the message's <c>Connection</c> header (<paramref name="listed"/>, from <see cref="Listed"/>).</summary>
+    public static bool IsHopByHop(string name, HashSet<string>? listed) => IsHopByHop(name) || listed?.Contains(name) == true;
+
+    /// <summary>
+    /// The header names a <c>Connection</c> header lists (comma-separated, every value of a repeated header), or null
+    /// when it lists none: those headers are for this hop only and are removed with it.
+    /// </summary>
+    public static HashSet<string>? Listed(IEnumerable<string?>? connectionValues)
+    {
+        if (connectionValues is null)
+            return null;
+        HashSet<string>? names = null;
+        foreach (var value in connectionValues)
+        {
+            if (string.IsNullOrEmpty(value))
+                continue;
+            foreach (var token in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            {
+                // "close" and "keep-alive" are options, not header names; "Keep-Alive" the header is hop-by-hop anyway.
+                if (!token.Equals("close", StringComparison.OrdinalIgnoreCase))
+                    (names ??= new HashSet<string>(StringComparer.OrdinalIgnoreCase)).Add(token);
+            }
+        }
+        return names;
+    }
 }

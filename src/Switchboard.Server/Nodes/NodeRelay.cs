@@ -153,8 +153,8 @@ public sealed partial class NodeRelay : IDisposable
         return new Uri($"{scheme}://{baseUri.Authority}{path}{request.QueryString.ToUriComponent()}", ExactUri);
     }
 
-    private static bool SkipRequestHeader(string key) =>
-        HopByHop.IsHopByHop(key) || key.Equals("Host", StringComparison.OrdinalIgnoreCase) || key.Equals("Expect", StringComparison.OrdinalIgnoreCase) ||
+    private static bool SkipRequestHeader(string key, HashSet<string>? listed) =>
+        HopByHop.IsHopByHop(key, listed) || key.Equals("Host", StringComparison.OrdinalIgnoreCase) || key.Equals("Expect", StringComparison.OrdinalIgnoreCase) ||
         key.Equals(Header, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
@@ -173,9 +173,10 @@ public sealed partial class NodeRelay : IDisposable
         var hasBody = context.Features.Get<IHttpRequestBodyDetectionFeature>()?.CanHaveBody ?? request.ContentLength > 0;
         if (hasBody)
             message.Content = new StreamContent(request.Body, CopyBufferBytes);
+        var listed = HopByHop.Listed(request.Headers.Connection);
         foreach (var (key, values) in request.Headers)
         {
-            if (SkipRequestHeader(key))
+            if (SkipRequestHeader(key, listed))
                 continue;
             if (key.StartsWith("Content-", StringComparison.OrdinalIgnoreCase))
                 message.Content?.Headers.TryAddWithoutValidation(key, (IEnumerable<string>)values!);
@@ -243,9 +244,10 @@ public sealed partial class NodeRelay : IDisposable
 
     private static void CopyResponseHeaders(HttpHeadersNonValidated headers, HttpResponse http)
     {
+        var listed = headers.TryGetValues("Connection", out var connection) ? HopByHop.Listed(connection) : null;
         foreach (var (key, values) in headers)
         {
-            if (HopByHop.IsHopByHop(key))
+            if (HopByHop.IsHopByHop(key, listed))
                 continue;
             // Set, not append: the owner's Date/Server replace this node's defaults; repeated values (Set-Cookie) stay apart.
             http.Headers[key] = new StringValues([.. values]);
@@ -265,9 +267,10 @@ public sealed partial class NodeRelay : IDisposable
         upstream.Options.KeepAliveInterval = TimeSpan.FromSeconds(30);
         foreach (var protocol in context.WebSockets.WebSocketRequestedProtocols)
             upstream.Options.AddSubProtocol(protocol);
+        var listed = HopByHop.Listed(request.Headers.Connection);
         foreach (var (key, values) in request.Headers)
         {
-            if (SkipRequestHeader(key) || key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) || key.StartsWith(':'))
+            if (SkipRequestHeader(key, listed) || key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) || key.StartsWith(':'))
                 continue;
             upstream.Options.SetRequestHeader(key, key.Equals("Cookie", StringComparison.OrdinalIgnoreCase) ? string.Join("; ", values.ToArray()) : values.ToString());
         }

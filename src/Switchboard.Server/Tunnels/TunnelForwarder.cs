@@ -473,9 +473,10 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
     {
         var list = new List<KeyValuePair<string, string>>();
         string? forwardedFor = null;
+        var listed = HopByHop.Listed(context.Request.Headers.Connection);
         foreach (var (key, values) in context.Request.Headers)
         {
-            if (HopByHop.IsHopByHop(key) || key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) && !key.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
+            if (HopByHop.IsHopByHop(key, listed) || key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) && !key.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
                 continue;
             if (key.Equals("Authorization", StringComparison.OrdinalIgnoreCase) && session.RequiresBasicAuth)
                 continue; // the gateway's login, not the app's
