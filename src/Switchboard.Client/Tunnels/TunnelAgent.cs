@@ -188,9 +188,20 @@ internal sealed class AgentConnection(TunnelAgent agent)
             Options.AllowCidrs, Options.LocalTarget.ToString());
         await SendAsync(hello.Encode(), timeout.Token);
         var buffer = new ArrayBufferWriter<byte>(1024);
-        var type = await ReceiveMessageAsync(buffer, timeout.Token);
-        if (type == WebSocketMessageType.Close)
-            throw new TunnelRefusedException((int?)_socket.CloseStatus ?? 1006, _socket.CloseStatusDescription ?? "the gateway closed the connection");
+        while (true)
+        {
+            buffer.ResetWrittenCount();
+            var type = await ReceiveMessageAsync(buffer, timeout.Token);
+            if (type == WebSocketMessageType.Close)
+                throw new TunnelRefusedException((int?)_socket.CloseStatus ?? 1006, _socket.CloseStatusDescription ?? "the gateway closed the connection");
+            // A keepalive ping may come before the ack when the handshake is slow: answer it and wait on.
+            if (buffer.WrittenCount >= TunnelProtocol.HeaderSize && TunnelProtocol.TypeOf(buffer.WrittenSpan) == TunnelFrameType.Ping)
+            {
+                await SendAsync(TunnelProtocol.Frame(TunnelFrameType.Pong, 0, TunnelProtocol.PayloadOf(buffer.WrittenSpan)), timeout.Token);
+                continue;
+            }
+            break;
+        }
         var frame = buffer.WrittenSpan;
         if (TunnelProtocol.TypeOf(frame) == TunnelFrameType.Error)
         {

@@ -135,6 +135,11 @@ public sealed partial class TunnelHub(
         }
 
         var session = new TunnelSession(connection, name, owner, hello, [.. allow], tunnelOptions.Value);
+        var scheme = request.Scheme;
+        var port = request.Host.Port is { } p ? ":" + p : "";
+        var publicUrl = $"{scheme}://{name}.{Domain}{port}/";
+        var pathUrl = $"{scheme}://{request.Host}/t/{name}/";
+        var t = tunnelOptions.Value;
         TunnelSession? replaced = null;
         lock (_registerLock)
         {
@@ -144,6 +149,10 @@ public sealed partial class TunnelHub(
                     return Refuse(connection, CloseCodes.Forbidden, $"subdomain '{name}' is in use");
                 replaced = existing;
             }
+            // The ack is queued before the session becomes visible: a public request that finds the session a moment
+            // later queues its request frames behind the ack, so the agent never sees a request before its ack (it would
+            // refuse such a gateway).
+            connection.TrySend(OutboundFrame.Binary(new TunnelHelloAck(TunnelProtocol.Version, name, publicUrl, pathUrl, t.StreamWindowBytes, t.MaxRequestBodyBytes).Encode()));
             _live[name] = session;
         }
         if (replaced is not null)
@@ -152,14 +161,8 @@ public sealed partial class TunnelHub(
             replaced.Connection.Close(CloseCodes.ResourceClosed, "replaced by a newer connection for this tunnel", drain: false);
             replaced.Terminate();
         }
+        // Other nodes route by this registration; until it is written they answer 404 for a moment, as for any new tunnel.
         await registry.RegisterAsync(new TunnelRegistration(name, options.Value.NodeId, connection.Id, owner, now), cancellationToken);
-
-        var scheme = request.Scheme;
-        var port = request.Host.Port is { } p ? ":" + p : "";
-        var publicUrl = $"{scheme}://{name}.{Domain}{port}/";
-        var pathUrl = $"{scheme}://{request.Host}/t/{name}/";
-        var t = tunnelOptions.Value;
-        connection.TrySend(OutboundFrame.Binary(new TunnelHelloAck(TunnelProtocol.Version, name, publicUrl, pathUrl, t.StreamWindowBytes, t.MaxRequestBodyBytes).Encode()));
         Log.Registered(logger, name, owner, connection.Id);
         return session;
     }
