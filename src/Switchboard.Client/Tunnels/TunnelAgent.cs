@@ -409,13 +409,18 @@ internal sealed class AgentConnection(TunnelAgent agent)
 
     internal HttpMessageInvoker Http => agent.Http;
 
-    /// <summary>Sends one frame; frames of all streams are serialized on the socket.</summary>
+    /// <summary>
+    /// Sends one frame; frames of all streams are serialized on the socket. <paramref name="cancellationToken"/> (a
+    /// stream's) cancels only the wait for the socket: a send that has started always finishes, because cancelling a
+    /// WebSocket send aborts the whole WebSocket, and with it every other stream of the tunnel. Only the connection's own
+    /// end stops a started send.
+    /// </summary>
     internal async Task SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken)
     {
         await _sendLock.WaitAsync(cancellationToken);
         try
         {
-            await _socket.SendAsync(frame, WebSocketMessageType.Binary, true, cancellationToken);
+            await _socket.SendAsync(frame, WebSocketMessageType.Binary, true, _closed.Token);
         }
         finally
         {

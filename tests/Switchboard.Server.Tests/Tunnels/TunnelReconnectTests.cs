@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Http.Json;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Switchboard.Client.Tunnels;
@@ -60,6 +61,54 @@ public sealed class TunnelReconnectTests
         // After the replacement the tunnel still serves.
         using var after = await client.GetAsync("t/steady/hello");
         Assert.Equal(HttpStatusCode.OK, after.StatusCode);
+    }
+
+    [Fact]
+    public async Task Public_clients_dropping_mid_download_never_break_the_agents_connection()
+    {
+        // Every dropped download makes the gateway send an abort for its stream while the agent is busy sending that
+        // stream's body frames. A stream's cancellation must stop only that stream: cancelling a WebSocket send in
+        // flight would abort the agent's whole connection (1006) and every other request on it.
+        await using var h = await TunnelHarness.StartAsync();
+        var before = await ConnectionIdAsync(h);
+        using var client = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 100 }) { BaseAddress = h.Gateway.BaseUri };
+        for (var round = 0; round < 4; round++)
+        {
+            await Task.WhenAll(Enumerable.Range(0, 24).Select(async i =>
+            {
+                using var cts = new CancellationTokenSource();
+                try
+                {
+                    using var response = await client.GetAsync(h.Path("/download?size=" + (8 << 20)), HttpCompletionOption.ResponseHeadersRead, cts.Token);
+                    await using var body = await response.Content.ReadAsStreamAsync(cts.Token);
+                    var buffer = new byte[64 * 1024];
+                    long read = 0;
+                    var stopAt = (i % 6 + 1) * 200_000; // drop at different points of the body
+                    while (read < stopAt)
+                    {
+                        var n = await body.ReadAsync(buffer, cts.Token);
+                        if (n == 0)
+                            break;
+                        read += n;
+                    }
+                    await cts.CancelAsync(); // the public client goes away mid-body
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }));
+        }
+        // Same agent connection as before, and it still serves.
+        Assert.Equal(before, await ConnectionIdAsync(h));
+        using var ok = await client.GetAsync(h.Path("/hello"));
+        Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+    }
+
+    private static async Task<string> ConnectionIdAsync(TunnelHarness h)
+    {
+        var list = await h.Gateway.Api.GetFromJsonAsync<System.Text.Json.JsonElement>("api/v1/tunnels");
+        var tunnel = list.GetProperty("tunnels").EnumerateArray().Single(t => t.GetProperty("name").GetString() == h.Ack!.Name);
+        return tunnel.GetProperty("connectionId").GetString()!;
     }
 
     private sealed class SlowRegistration
