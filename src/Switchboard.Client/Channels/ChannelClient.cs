@@ -95,8 +95,9 @@ public sealed class ChannelClient : IAsyncDisposable
         }
         try
         {
+            // The caller's token bounds only the wait above: cancelling a send in flight would abort the whole socket.
             if (_socket is { State: WebSocketState.Open } socket)
-                await socket.SendAsync(message, WebSocketMessageType.Text, true, cancellationToken);
+                await socket.SendAsync(message, WebSocketMessageType.Text, true, _stop.Token);
             // Not connected: the subscription is sent on (re)connect.
         }
         catch (Exception ex) when (ex is WebSocketException or ObjectDisposedException or OperationCanceledException)

@@ -133,7 +133,8 @@ public sealed class RoomClient : IAsyncDisposable
         await _sendLock.WaitAsync(cancellationToken);
         try
         {
-            await _socket.SendAsync(message, WebSocketMessageType.Text, true, cancellationToken);
+            // The caller's token bounds only the wait above: cancelling a send in flight would abort the whole socket.
+            await _socket.SendAsync(message, WebSocketMessageType.Text, true, _stop.Token);
         }
         finally
         {
