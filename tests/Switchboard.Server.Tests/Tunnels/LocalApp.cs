@@ -7,6 +7,8 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
 
+using Switchboard.Server.Tests.Infrastructure;
+
 namespace Switchboard.Server.Tests.Tunnels;
 
 /// <summary>The "local server" behind the agent: a real Kestrel app on 127.0.0.1:0 with test endpoints.</summary>
@@ -174,16 +176,5 @@ public sealed class LocalApp : IAsyncDisposable
         return local;
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-        try
-        {
-            await App.StopAsync(timeout.Token);
-        }
-        finally
-        {
-            await App.DisposeAsync();
-        }
-    }
+    public ValueTask DisposeAsync() => App.StopAndDisposeAsync();
 }

@@ -449,18 +449,7 @@ public sealed class TunnelFidelityTests
             await c.Response.Body.WriteAsync(bytes, c.RequestAborted);
         }
 
-        public async ValueTask DisposeAsync()
-        {
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            try
-            {
-                await App.StopAsync(timeout.Token);
-            }
-            finally
-            {
-                await App.DisposeAsync();
-            }
-        }
+        public ValueTask DisposeAsync() => App.StopAndDisposeAsync();
     }
 
     /// <summary>A fake gateway that accepts every hello and then never sends anything again (a dead peer behind a live TCP connection).</summary>
@@ -529,17 +518,6 @@ public sealed class TunnelFidelityTests
             }
         }
 
-        public async ValueTask DisposeAsync()
-        {
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            try
-            {
-                await App.StopAsync(timeout.Token);
-            }
-            finally
-            {
-                await App.DisposeAsync();
-            }
-        }
+        public ValueTask DisposeAsync() => App.StopAndDisposeAsync();
     }
 }
