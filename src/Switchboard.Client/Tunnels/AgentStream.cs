@@ -165,7 +165,7 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
 
     private static void AddHeaders(List<KeyValuePair<string, string>> list, HttpHeadersNonValidated headers)
     {
-        var listed = headers.TryGetValues("Connection", out var connection) ? HopByHop.Listed(connection) : null;
+        var listed = HopByHop.Listed(headers);
         foreach (var (name, values) in headers)
         {
             if (HopByHop.IsHopByHop(name, listed))

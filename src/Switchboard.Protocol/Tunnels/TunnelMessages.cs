@@ -148,11 +148,15 @@ public static class HopByHop
                 continue;
             foreach (var token in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
-                // "close" and "keep-alive" are options, not header names; "Keep-Alive" the header is hop-by-hop anyway.
+                // "close" is an option, not a header name ("keep-alive" names the Keep-Alive header, hop-by-hop anyway).
                 if (!token.Equals("close", StringComparison.OrdinalIgnoreCase))
                     (names ??= new HashSet<string>(StringComparer.OrdinalIgnoreCase)).Add(token);
             }
         }
         return names;
     }
+
+    /// <summary>The header names the <c>Connection</c> header of a received message lists (<see cref="Listed(IEnumerable{string?}?)"/>).</summary>
+    public static HashSet<string>? Listed(System.Net.Http.Headers.HttpHeadersNonValidated headers) =>
+        headers.TryGetValues("Connection", out var connection) ? Listed(connection) : null;
 }

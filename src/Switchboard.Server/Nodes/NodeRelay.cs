@@ -244,7 +244,7 @@ public sealed partial class NodeRelay : IDisposable
 
     private static void CopyResponseHeaders(HttpHeadersNonValidated headers, HttpResponse http)
     {
-        var listed = headers.TryGetValues("Connection", out var connection) ? HopByHop.Listed(connection) : null;
+        var listed = HopByHop.Listed(headers);
         foreach (var (key, values) in headers)
         {
             if (HopByHop.IsHopByHop(key, listed))
