@@ -139,24 +139,47 @@ internal sealed partial class EnvironmentManager(
         }
     }
 
+    // Reads every stored environment this node runs; added to the node's set only when the whole list was read.
+    private async Task LoadAsync(CancellationToken cancellationToken)
+    {
+        var loaded = new List<ManagedEnvironment>();
+        foreach (var record in await store.ListAsync(cancellationToken))
+        {
+            var own = record;
+            if (record.NodeId != nodes.NodeId)
+            {
+                // One node (its id may change at every start): every environment is its own. Several nodes: another
+                // node's environments stay there; one without owner (stored by an older version) is claimed by the
+                // first node to load it — a compare-and-set, so nodes starting at once never both run it.
+                var claim = nodes is SingleNodeRegistry || record.NodeId is null;
+                if (!claim || !await store.SetOwnerAsync(record.Id, nodes.NodeId, record.NodeId, cancellationToken))
+                    continue;
+                own = record with { NodeId = nodes.NodeId };
+            }
+            loaded.Add(New(own, await store.LastSeqAsync(record.Id, cancellationToken)));
+        }
+        foreach (var e in loaded)
+            _byId[e.Id] = e;
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         try
         {
-            foreach (var record in await store.ListAsync(stoppingToken))
+            // The store may be unreachable at start-up (a database restarting): retry instead of failing the host,
+            // which would stop the whole node. Requests that need the environments wait for the load meanwhile.
+            for (var delay = TimeSpan.FromMilliseconds(250); ; delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(10).Ticks)))
             {
-                var own = record;
-                if (record.NodeId != nodes.NodeId)
+                try
                 {
-                    // One node (its id may change at every start): every environment is its own. Several nodes: another
-                    // node's environments stay there; one without owner (stored by an older version) is claimed by the
-                    // first node to load it — a compare-and-set, so nodes starting at once never both run it.
-                    var claim = nodes is SingleNodeRegistry || record.NodeId is null;
-                    if (!claim || !await store.SetOwnerAsync(record.Id, nodes.NodeId, record.NodeId, stoppingToken))
-                        continue;
-                    own = record with { NodeId = nodes.NodeId };
+                    await LoadAsync(stoppingToken);
+                    break;
                 }
-                _byId[record.Id] = New(own, await store.LastSeqAsync(record.Id, stoppingToken));
+                catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+                {
+                    Log.LoadFailed(logger, ex, delay.TotalSeconds);
+                    await Task.Delay(delay, time, stoppingToken);
+                }
             }
             // Before anything can start an environment (requests wait for loading), so a new container is never removed.
             using var cleanup = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
@@ -240,6 +263,9 @@ internal sealed partial class EnvironmentManager(
     {
         [LoggerMessage(4101, LogLevel.Error, "Writing {Count} lines of environment {Name} to the store failed; they are lost.")]
         public static partial void PersistFailed(ILogger logger, Exception exception, string name, int count);
+
+        [LoggerMessage(4103, LogLevel.Warning, "Loading the environments from the store failed; retrying in {Seconds} s.")]
+        public static partial void LoadFailed(ILogger logger, Exception exception, double seconds);
 
         [LoggerMessage(4102, LogLevel.Warning, "Removing leftover containers of environment {Name} failed.")]
         public static partial void StaleCleanupFailed(ILogger logger, Exception exception, string name);
