@@ -122,6 +122,16 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             AddHeaders(headers, response.Headers.NonValidated);
             AddHeaders(headers, response.Content.Headers.NonValidated);
             var status = (int)response.StatusCode;
+            await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
+            if (DataPathFor(status, response.Content.Headers.ContentLength) is { } dataUri)
+            {
+                var delivered = await SendOnDataPathAsync(dataUri, new TunnelResponseHead(status, headers), body, response.Content.Headers.ContentLength!.Value, cancellationToken);
+                if (delivered)
+                {
+                    await SendTrailersAsync(response, cancellationToken);
+                    return (status, response.Content.Headers.ContentLength.Value);
+                }
+            }
             await connection.SendAsync(new TunnelResponseHead(status, headers).Encode(Id), cancellationToken);
 
             var sent = 0L;
@@ -131,7 +141,6 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             var buffer = ArrayPool<byte>.Shared.Rent(TunnelProtocol.HeaderSize + size);
             try
             {
-                await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
                 while (true)
                 {
                     var room = Math.Min(buffer.Length - TunnelProtocol.HeaderSize, TunnelProtocol.MaxResponseDataPayload);
@@ -156,11 +165,69 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             {
                 ArrayPool<byte>.Shared.Return(buffer);
             }
-            var trailers = new List<KeyValuePair<string, string>>();
-            AddHeaders(trailers, response.TrailingHeaders.NonValidated);
-            await connection.SendAsync(TunnelProtocol.Trailers(Id, trailers), cancellationToken);
+            await SendTrailersAsync(response, cancellationToken);
             return (status, sent);
         }
+    }
+
+    private async Task SendTrailersAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        var trailers = new List<KeyValuePair<string, string>>();
+        AddHeaders(trailers, response.TrailingHeaders.NonValidated);
+        await connection.SendAsync(TunnelProtocol.Trailers(Id, trailers), cancellationToken);
+    }
+
+    /// <summary>
+    /// The data path for this response, or null: only bodies with a known length of at least the gateway's minimum, of
+    /// a response that has a body (not HEAD, 204 or 304), and not in buffered mode (the gateway collects those).
+    /// </summary>
+    private Uri? DataPathFor(int status, long? length)
+    {
+        if (length is not { } declared || status is < 200 or 204 or 304 || head.Method.Equals("HEAD", StringComparison.OrdinalIgnoreCase) ||
+            connection.Options.Buffered || head.Headers.Any(h => h.Key.Equals(TunnelProtocol.BufferHeader, StringComparison.OrdinalIgnoreCase)))
+            return null;
+        return connection.DataPathFor(Id, declared);
+    }
+
+    /// <summary>
+    /// Sends the response head and body as one request to the gateway's data path (docs/tunnels.md, "Data path"). False
+    /// when the gateway refused before any of the body was read (<c>Expect: 100-continue</c>): the caller then sends the
+    /// head and body over the WebSocket as usual. Throws when the body broke off after it started (the stream is lost).
+    /// </summary>
+    private async Task<bool> SendOnDataPathAsync(Uri uri, TunnelResponseHead responseHead, Stream body, long length, CancellationToken cancellationToken)
+    {
+        var encoded = Convert.ToBase64String(responseHead.Encode(Id));
+        if (encoded.Length > TunnelProtocol.MaxDataHeadBytes)
+            return false;
+        var content = new DataPathContent(body, length);
+        using var request = new HttpRequestMessage(HttpMethod.Post, uri)
+        {
+            Version = HttpVersion.Version11,
+            VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
+            Content = content,
+        };
+        request.Headers.ExpectContinue = true;
+        request.Headers.TryAddWithoutValidation(TunnelProtocol.DataKeyHeader, connection.DataKey);
+        request.Headers.TryAddWithoutValidation(TunnelProtocol.DataHeadHeader, encoded);
+        int status;
+        try
+        {
+            using var answer = await connection.Http.SendAsync(request, cancellationToken);
+            status = (int)answer.StatusCode;
+            if (answer.StatusCode == HttpStatusCode.NoContent && content.Sent == length)
+            {
+                connection.DataPathOutcome(sent: true, status);
+                return true;
+            }
+        }
+        catch (Exception ex) when (ex is HttpRequestException or IOException && !content.Started && !cancellationToken.IsCancellationRequested)
+        {
+            status = 0; // the gateway could not be reached this way (a proxy that drops it): the WebSocket still works
+        }
+        if (content.Started)
+            throw new TunnelStreamAbortedException($"the gateway answered {status} to a data-path body after it started");
+        connection.DataPathOutcome(sent: false, status);
+        return false;
     }
 
     private static void AddHeaders(List<KeyValuePair<string, string>> list, HttpHeadersNonValidated headers)
@@ -345,5 +412,46 @@ internal sealed class InboundContent(AgentStream stream, AgentConnection connect
     {
         length = 0;
         return false;
+    }
+}
+
+/// <summary>A response body of known length copied from the local server to the data-path request, in 256 KiB reads.</summary>
+internal sealed class DataPathContent(Stream source, long length) : HttpContent
+{
+    private const int BufferBytes = 256 * 1024;
+
+    /// <summary>The body started to go out: from here a failure loses the stream (no fallback).</summary>
+    public bool Started { get; private set; }
+
+    public long Sent { get; private set; }
+
+    protected override async Task SerializeToStreamAsync(Stream target, System.Net.TransportContext? context, CancellationToken cancellationToken)
+    {
+        Started = true;
+        var buffer = ArrayPool<byte>.Shared.Rent(BufferBytes);
+        try
+        {
+            while (Sent < length)
+            {
+                var read = await source.ReadAsync(buffer.AsMemory(0, (int)Math.Min(BufferBytes, length - Sent)), cancellationToken);
+                if (read == 0)
+                    throw new IOException($"the local server's body ended after {Sent} of {length} bytes");
+                await target.WriteAsync(buffer.AsMemory(0, read), cancellationToken);
+                Sent += read;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context) =>
+        SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+    protected override bool TryComputeLength(out long length1)
+    {
+        length1 = length;
+        return true;
     }
 }

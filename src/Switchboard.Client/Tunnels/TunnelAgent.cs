@@ -148,6 +148,17 @@ public sealed class TunnelAgent : IAsyncDisposable
 
     internal void OnRequestCompleted(TunnelRequestCompleted completed) => RequestCompleted?.Invoke(completed);
 
+    private long _dataPathBodies;
+    private long _dataPathRefusals;
+
+    /// <summary>Response bodies sent on the gateway's data path (docs/tunnels.md, "Data path") since the agent started.</summary>
+    public long DataPathBodies => Interlocked.Read(ref _dataPathBodies);
+
+    /// <summary>Data-path requests the gateway (or a proxy before it) refused; those bodies went over the WebSocket.</summary>
+    public long DataPathRefusals => Interlocked.Read(ref _dataPathRefusals);
+
+    internal void CountDataPath(bool sent) => Interlocked.Increment(ref sent ? ref _dataPathBodies : ref _dataPathRefusals);
+
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposeCalled, 1) != 0)
@@ -173,6 +184,9 @@ internal sealed class AgentConnection(TunnelAgent agent)
     private int _window = TunnelProtocol.DefaultStreamWindow;
     private int _connectionUnacked;
     private long _lastReceived = Stopwatch.GetTimestamp();
+    private const int MaxDataRefusals = 3;
+    private TunnelHelloAck? _dataOffer;
+    private int _dataRefusals;
 
     public TunnelAgentOptions Options => agent.Options;
 
@@ -213,6 +227,8 @@ internal sealed class AgentConnection(TunnelAgent agent)
             throw new TunnelRefusedException(CloseCodes.PolicyViolation, "unexpected first frame from the gateway");
         var ack = TunnelHelloAck.Decode(TunnelProtocol.PayloadOf(frame));
         _window = ack.StreamWindow;
+        if (ack.OffersDataPath)
+            _dataOffer = ack;
         // The idle clock starts with the acknowledged connection, not with the connect attempt: a slow handshake
         // must not shorten the first idle window.
         Volatile.Write(ref _lastReceived, Stopwatch.GetTimestamp());
@@ -404,6 +420,31 @@ internal sealed class AgentConnection(TunnelAgent agent)
     }
 
     internal void Remove(AgentStream stream) => _streams.TryRemove(stream.Id, out _);
+
+    /// <summary>
+    /// Where a response body of <paramref name="length"/> bytes may go on the data path, or null: the gateway did not
+    /// offer it, the body is too small, or the gateway (or a proxy in front of it) refused it three times in a row on
+    /// this connection, so the round trip a refusal costs is not paid on every request.
+    /// </summary>
+    internal Uri? DataPathFor(uint stream, long length)
+    {
+        var offer = _dataOffer;
+        if (offer is null || length < offer.DataMinBytes || Volatile.Read(ref _dataRefusals) >= MaxDataRefusals)
+            return null;
+        return new Uri(Options.Server, $"{offer.DataPath.TrimStart('/')}/{Uri.EscapeDataString(offer.Name)}/{stream}");
+    }
+
+    internal string DataKey => _dataOffer?.DataKey ?? "";
+
+    /// <summary>Counts a data-path outcome. Refusals specific to one stream (404, 409) do not count against the connection.</summary>
+    internal void DataPathOutcome(bool sent, int status)
+    {
+        agent.CountDataPath(sent);
+        if (sent)
+            Volatile.Write(ref _dataRefusals, 0);
+        else if (status is not (404 or 409))
+            Interlocked.Increment(ref _dataRefusals);
+    }
 
     internal void Completed(TunnelRequestCompleted completed) => agent.OnRequestCompleted(completed);
 

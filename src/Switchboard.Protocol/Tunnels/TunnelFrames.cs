@@ -87,6 +87,21 @@ public static class TunnelProtocol
     /// <summary>Header sent by a public client to ask for a buffered (Content-Length) response instead of streaming.</summary>
     public const string BufferHeader = "X-Switchboard-Buffer";
 
+    /// <summary>
+    /// Path prefix of the data path: <c>POST {DataPathPrefix}/{tunnel}/{stream}</c> carries one response body as the
+    /// request body (docs/tunnels.md, "Data path").
+    /// </summary>
+    public const string DataPathPrefix = "/tunnel/data";
+
+    /// <summary>Data path request header: the session's data key from the hello-ack.</summary>
+    public const string DataKeyHeader = "Switchboard-Data-Key";
+
+    /// <summary>Data path request header: the response head frame (<see cref="TunnelResponseHead.Encode"/>), base64.</summary>
+    public const string DataHeadHeader = "Switchboard-Response-Head";
+
+    /// <summary>Largest encoded response head the agent sends on the data path (larger heads go over the WebSocket).</summary>
+    public const int MaxDataHeadBytes = 16 * 1024;
+
     /// <summary>Frame ping payload; the heartbeat frame the gateway sends.</summary>
     public static byte[] PingFrame { get; } = [(byte)TunnelFrameType.Ping, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 

@@ -59,9 +59,19 @@ public sealed record TunnelHello(
     }
 }
 
-/// <summary>Gateway's answer to <see cref="TunnelHello"/>: the assigned name and the URLs that reach it.</summary>
-public sealed record TunnelHelloAck(int Version, string Name, string PublicUrl, string PathUrl, int StreamWindow, long MaxRequestBodyBytes)
+/// <summary>
+/// Gateway's answer to <see cref="TunnelHello"/>: the assigned name and the URLs that reach it. <paramref name="DataPath"/>
+/// (empty: none) is where the agent may send a large response body as one plain HTTP request instead of WebSocket frames
+/// (docs/tunnels.md, "Data path"), authorized by <paramref name="DataKey"/>, for bodies of at least
+/// <paramref name="DataMinBytes"/> with a known length. The three fields are appended to the version-1 ack; an agent that
+/// does not know them ignores them, and an ack without them (an older gateway) offers no data path.
+/// </summary>
+public sealed record TunnelHelloAck(int Version, string Name, string PublicUrl, string PathUrl, int StreamWindow, long MaxRequestBodyBytes,
+    string DataPath = "", string DataKey = "", long DataMinBytes = 0)
 {
+    /// <summary>True when the gateway offers the data path.</summary>
+    public bool OffersDataPath => DataPath.Length > 0 && DataKey.Length > 0 && DataMinBytes > 0;
+
     public byte[] Encode() => TunnelProtocol.Build(TunnelFrameType.HelloAck, 0, w =>
     {
         w.UInt16(Version);
@@ -70,12 +80,16 @@ public sealed record TunnelHelloAck(int Version, string Name, string PublicUrl, 
         w.String(PathUrl);
         w.UInt32((uint)StreamWindow);
         w.Int64(MaxRequestBodyBytes);
+        w.String(DataPath);
+        w.String(DataKey);
+        w.Int64(DataMinBytes);
     });
 
     public static TunnelHelloAck Decode(ReadOnlySpan<byte> payload)
     {
         var r = new TunnelReader(payload);
-        return new TunnelHelloAck(r.UInt16(), r.String(), r.String(), r.String(), (int)r.UInt32(), r.Int64());
+        var ack = new TunnelHelloAck(r.UInt16(), r.String(), r.String(), r.String(), (int)r.UInt32(), r.Int64());
+        return r.IsEmpty ? ack : ack with { DataPath = r.String(), DataKey = r.String(), DataMinBytes = r.Int64() };
     }
 }
 

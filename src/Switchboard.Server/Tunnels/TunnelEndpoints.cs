@@ -21,6 +21,7 @@ public static class TunnelEndpoints
         services.TryAddSingleton<TunnelHub>();
         services.TryAddSingleton<TunnelRelay>();
         services.TryAddSingleton<TunnelForwarder>();
+        services.TryAddSingleton<TunnelDataPath>();
         services.AddHostedService<TunnelRegistryCleanup>();
         return services;
     }
@@ -39,6 +40,9 @@ public static class TunnelEndpoints
     public static IEndpointRouteBuilder MapTunnels(this IEndpointRouteBuilder app)
     {
         app.Map("/tunnel/connect", ConnectAsync);
+        // Authorized by the connection's data key (checked first): agents only, no API key.
+        app.MapPost(TunnelProtocol.DataPathPrefix + "/{name}/{stream:long}", (HttpContext context, string name, long stream, TunnelDataPath data) =>
+            data.HandleAsync(context, name, stream));
         var api = app.MapGroup("/api/v1/tunnels").AddEndpointFilter<ApiKeyFilter>().AddEndpointFilter<StoreUnavailableFilter>();
         api.MapGet("/", List);
         api.MapGet("/{name}/requests", Requests);

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.WebSockets;
 using System.Text;
@@ -130,6 +131,7 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         }
         finally
         {
+            stream.External?.Finish(delivered: false); // a body attached too late to be read: its request must not wait
             session.Remove(stream);
             record.DurationMs = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             session.AddBytes(record.RequestBytes, record.ResponseBytes);
@@ -184,19 +186,27 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
 
         record.Status = response.Status;
         record.ResponseHeaders = response.Headers;
-        var buffered = session.Hello.Buffered || context.Request.Headers.ContainsKey(TunnelProtocol.BufferHeader);
+        // A body on the data path has its length already: it is copied as it arrives, buffered mode or not.
+        var external = stream.External;
+        var buffered = external is null && (session.Hello.Buffered || context.Request.Headers.ContainsKey(TunnelProtocol.BufferHeader));
         var http = context.Response;
         http.StatusCode = response.Status;
         foreach (var (key, value) in response.Headers)
         {
-            if (HopByHop.IsHopByHop(key) || (buffered && key.Equals("Content-Length", StringComparison.OrdinalIgnoreCase)))
+            if (HopByHop.IsHopByHop(key) || ((buffered || external is not null) && key.Equals("Content-Length", StringComparison.OrdinalIgnoreCase)))
                 continue;
             http.Headers.Append(key, value);
         }
         var reader = stream.Inbound.Reader;
         try
         {
-            if (buffered)
+            if (external is not null)
+            {
+                context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+                http.ContentLength = external.Length;
+                await CopyExternalAsync(context, stream, external, record);
+            }
+            else if (buffered)
                 await CopyBufferedAsync(context, stream, record);
             else
             {
@@ -252,6 +262,82 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
             await reader.CompleteAsync();
             cancel.Cancel();
             await upload.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Copies a data-path body (<see cref="TunnelDataPath"/>) from the agent's request straight into the public response,
+    /// then waits for the stream's end frame (trailers) on the WebSocket. Reading the agent's request fails when the agent
+    /// goes away; writing fails when the public client does; either way the data-path request learns it from
+    /// <see cref="ExternalBody.Finish"/>.
+    /// </summary>
+    private static async Task CopyExternalAsync(HttpContext context, GatewayStream stream, ExternalBody external, TunnelRequestRecord record)
+    {
+        var http = context.Response;
+        var body = external.Reader;
+        var left = external.Length;
+        try
+        {
+            while (left > 0)
+            {
+                ReadResult result;
+                try
+                {
+                    result = await body.ReadAsync(context.RequestAborted);
+                }
+                catch (Exception ex) when (!context.RequestAborted.IsCancellationRequested && ex is OperationCanceledException or IOException or BadHttpRequestException)
+                {
+                    throw new TunnelStreamAbortedException("the agent's data-path upload broke off: " + ex.Message);
+                }
+                var buffer = result.Buffer;
+                if (buffer.Length > left)
+                    buffer = buffer.Slice(0, left);
+                foreach (var segment in buffer)
+                    http.BodyWriter.Write(segment.Span);
+                left -= buffer.Length;
+                record.ResponseBytes += buffer.Length;
+                body.AdvanceTo(buffer.End);
+                if (left == 0)
+                {
+                    // The whole upload is read: the agent is done. This is decided before the last flush, because a
+                    // client that has every byte may close its connection before that flush reports completion.
+                    external.Finish(delivered: true);
+                }
+                if (!buffer.IsEmpty)
+                {
+                    var flush = await http.BodyWriter.FlushAsync(context.RequestAborted);
+                    if (flush.IsCanceled)
+                        throw new OperationCanceledException();
+                }
+                if (result.IsCompleted && left > 0)
+                    throw new TunnelStreamAbortedException("the agent's data-path upload ended early");
+            }
+        }
+        finally
+        {
+            external.Finish(delivered: false); // no-op after a delivery
+        }
+        var reader = stream.Inbound.Reader;
+        while (true)
+        {
+            ReadResult result;
+            try
+            {
+                result = await reader.ReadAsync(context.RequestAborted);
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                return; // the client has the whole body and left: the end frame (trailers) has nobody to go to
+            }
+            var length = result.Buffer.Length;
+            reader.AdvanceTo(result.Buffer.End);
+            if (length > 0)
+            {
+                stream.Abort("body frames for a body sent on the data path");
+                throw new TunnelStreamAbortedException("the agent sent body frames for a body sent on the data path");
+            }
+            if (result.IsCompleted)
+                return;
         }
     }
 
@@ -573,6 +659,7 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         }
         finally
         {
+            stream.External?.Finish(delivered: false); // a body attached too late to be read: its request must not wait
             session.Remove(stream);
         }
     }

@@ -152,7 +152,8 @@ public sealed partial class TunnelHub(
             // The ack is queued before the session becomes visible: a public request that finds the session a moment
             // later queues its request frames behind the ack, so the agent never sees a request before its ack (it would
             // refuse such a gateway).
-            connection.TrySend(OutboundFrame.Binary(new TunnelHelloAck(TunnelProtocol.Version, name, publicUrl, pathUrl, t.StreamWindowBytes, t.MaxRequestBodyBytes).Encode()));
+            connection.TrySend(OutboundFrame.Binary(new TunnelHelloAck(TunnelProtocol.Version, name, publicUrl, pathUrl, t.StreamWindowBytes, t.MaxRequestBodyBytes,
+                t.DataPathMinBytes > 0 ? TunnelProtocol.DataPathPrefix : "", t.DataPathMinBytes > 0 ? session.DataKey : "", t.DataPathMinBytes).Encode()));
             _live[name] = session;
         }
         if (replaced is not null)

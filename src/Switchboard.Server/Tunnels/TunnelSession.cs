@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.WebSockets;
 using System.Security.Cryptography;
@@ -21,6 +22,7 @@ public sealed class TunnelSession
     private readonly byte[]? _basicAuthHash;
     private readonly IPNetwork[] _allow;
     private readonly TunnelOptions _options;
+    private readonly byte[] _dataKey = Encoding.ASCII.GetBytes(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)));
     private int _nextStream = -1;
     private long _requests;
     private long _bytesIn;
@@ -88,6 +90,16 @@ public sealed class TunnelSession
     }
 
     public bool RequiresBasicAuth => _basicAuthHash is not null;
+
+    /// <summary>The secret that authorizes this connection's data-path requests (CSPRNG, sent only in the hello-ack).</summary>
+    internal string DataKey => Encoding.ASCII.GetString(_dataKey);
+
+    /// <summary>Checks a presented data key (constant time).</summary>
+    internal bool MatchesDataKey(string? presented) =>
+        presented is not null && CryptographicOperations.FixedTimeEquals(Encoding.ASCII.GetBytes(presented), _dataKey);
+
+    /// <summary>An in-flight stream, or null when it finished or never existed.</summary>
+    internal GatewayStream? FindStream(uint id) => _streams.GetValueOrDefault(id);
 
     /// <summary>Opens a stream: its response slot exists before any frame of the request is sent. Null when at the limit.</summary>
     internal GatewayStream? TryOpen()
@@ -198,6 +210,37 @@ internal sealed class GatewayStream(TunnelSession session, uint id, int window)
     public FlowWindow SendWindow { get; } = new(window);
     public IReadOnlyList<KeyValuePair<string, string>> Trailers { get; set; } = [];
 
+    private readonly Lock _attachLock = new();
+    private ExternalBody? _external;
+
+    /// <summary>The body that arrived on the data path with the head, or null when the body comes as frames.</summary>
+    public ExternalBody? External
+    {
+        get
+        {
+            lock (_attachLock)
+                return _external;
+        }
+    }
+
+    /// <summary>
+    /// Answers the stream with a head whose body arrives on the data path. False when the stream already has a head or
+    /// failed; the caller then refuses the data-path request and nothing of its body is read.
+    /// </summary>
+    public bool TryAttach(TunnelResponseHead head, ExternalBody body)
+    {
+        lock (_attachLock)
+        {
+            if (Head.Task.IsCompleted)
+                return false;
+            _external = body;
+            if (Head.TrySetResult(head))
+                return true;
+            _external = null;
+            return false;
+        }
+    }
+
     public void OnHead(TunnelResponseHead head)
     {
         if (!Head.TrySetResult(head))
@@ -230,4 +273,21 @@ internal sealed class GatewayStream(TunnelSession session, uint id, int window)
         Session.Send(TunnelProtocol.Abort(Id, reason));
         Fail(new TunnelStreamAbortedException(reason));
     }
+}
+
+/// <summary>
+/// A response body arriving on the data path: the body of the agent's request, read by the forwarder of the public
+/// request. The data-path request waits for <see cref="Done"/> before it ends, so the reader stays valid while it is used.
+/// </summary>
+internal sealed class ExternalBody(PipeReader reader, long length)
+{
+    private readonly TaskCompletionSource<bool> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public PipeReader Reader { get; } = reader;
+    public long Length { get; } = length;
+
+    /// <summary>True when the whole body reached the public client; false when it did not (the upload is then cut).</summary>
+    public Task<bool> Done => _done.Task;
+
+    public void Finish(bool delivered) => _done.TrySetResult(delivered);
 }
