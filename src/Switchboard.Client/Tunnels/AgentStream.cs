@@ -220,12 +220,21 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
                 return true;
             }
         }
-        catch (Exception ex) when (ex is HttpRequestException or IOException && !content.Started && !cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (ex is HttpRequestException or IOException && !cancellationToken.IsCancellationRequested)
         {
+            if (content.Started)
+                throw; // cut mid-body (the public client or the gateway went away): the stream is over, the path is fine
             status = 0; // the gateway could not be reached this way (a proxy that drops it): the WebSocket still works
         }
         if (content.Started)
-            throw new TunnelStreamAbortedException($"the gateway answered {status} to a data-path body after it started");
+        {
+            // Part of the body is gone and cannot be sent again: the stream is lost. Not an abort the gateway asked
+            // for, so RunAsync tells the gateway (abort frame), which answers the public client with 502 at once.
+            // Whatever sits between here and the gateway let the body start and then refused it: it would do that again,
+            // so this connection stops using the data path at once.
+            connection.DataPathOutcome(sent: false, status, lostStream: true);
+            throw new IOException($"the gateway answered {status} to a data-path body after it started");
+        }
         connection.DataPathOutcome(sent: false, status);
         return false;
     }

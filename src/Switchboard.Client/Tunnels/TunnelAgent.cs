@@ -35,6 +35,9 @@ public sealed class TunnelAgent : IAsyncDisposable
             ConnectTimeout = TimeSpan.FromSeconds(10),
             MaxConnectionsPerServer = int.MaxValue,
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
+            // Data-path requests wait for the gateway's 100 Continue before sending the body, so a refusal leaves the
+            // body here to go over the WebSocket; the default 1 s would send it to a gateway that is merely slow.
+            Expect100ContinueTimeout = TimeSpan.FromSeconds(10),
         });
     }
 
@@ -436,12 +439,17 @@ internal sealed class AgentConnection(TunnelAgent agent)
 
     internal string DataKey => _dataOffer?.DataKey ?? "";
 
-    /// <summary>Counts a data-path outcome. Refusals specific to one stream (404, 409) do not count against the connection.</summary>
-    internal void DataPathOutcome(bool sent, int status)
+    /// <summary>
+    /// Counts a data-path outcome. Refusals specific to one stream (404, 409) do not count against the connection; a
+    /// failure after the body started (<paramref name="lostStream"/>) turns the data path off for the connection at once.
+    /// </summary>
+    internal void DataPathOutcome(bool sent, int status, bool lostStream = false)
     {
         agent.CountDataPath(sent);
         if (sent)
             Volatile.Write(ref _dataRefusals, 0);
+        else if (lostStream)
+            Volatile.Write(ref _dataRefusals, MaxDataRefusals);
         else if (status is not (404 or 409))
             Interlocked.Increment(ref _dataRefusals);
     }

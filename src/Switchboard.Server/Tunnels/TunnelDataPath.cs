@@ -17,21 +17,38 @@ namespace Switchboard.Server.Tunnels;
 public sealed class TunnelDataPath
 {
     private readonly TunnelHub _hub;
+    private readonly TunnelRelay _relay;
     private readonly Counter<long> _bodies;
 
-    public TunnelDataPath(TunnelHub hub, IMeterFactory meterFactory)
+    public TunnelDataPath(TunnelHub hub, TunnelRelay relay, IMeterFactory meterFactory)
     {
         _hub = hub;
+        _relay = relay;
         _bodies = meterFactory.Create(SwitchboardMetrics.MeterName).CreateCounter<long>("switchboard.tunnels.data_path", "{body}",
             "Response bodies offered on the tunnel data path, by result: delivered, cut (the public client or the agent went away), or refused with the reason.");
     }
 
     public async Task HandleAsync(HttpContext context, string name, long stream)
     {
-        var session = _hub.Find(name.ToLowerInvariant());
+        name = name.ToLowerInvariant();
+        var session = _hub.Find(name);
         if (session is null)
         {
-            // Another node holds the agent (a load balancer sent the request here), or the tunnel is gone.
+            // A load balancer sent the request to a node without the agent. A proxy before this node may already have
+            // told the agent to send the body (nginx answers Expect: 100-continue itself), so a refusal could cost
+            // the stream: relay the request to the node that holds the agent, as for a public request. Never a
+            // request that was relayed already (no loops); one that is refused here falls back to the WebSocket.
+            var proof = _relay.Verify(context.Request, out _);
+            if (proof == RelayProof.Invalid)
+            {
+                await RefuseAsync(context, StatusCodes.Status403Forbidden, "invalid_relay", $"the {TunnelRelay.Header} header is only accepted from the gateway's own nodes");
+                return;
+            }
+            if (proof == RelayProof.Absent && _relay.Enabled && await _relay.TryRelayAsync(context, name))
+            {
+                _bodies.Add(1, new KeyValuePair<string, object?>("result", "relayed"));
+                return;
+            }
             await RefuseAsync(context, StatusCodes.Status421MisdirectedRequest, "tunnel_not_here", $"tunnel '{name}' has no agent on this node");
             return;
         }

@@ -562,7 +562,10 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         var listed = HopByHop.Listed(context.Request.Headers.Connection);
         foreach (var (key, values) in context.Request.Headers)
         {
-            if (HopByHop.IsHopByHop(key, listed) || key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) && !key.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
+            // Expect: 100-continue was answered here (Kestrel sends 100 when the body is read); passed on, it would make
+            // the agent wait for a 100 from a local server that may never send one.
+            if (HopByHop.IsHopByHop(key, listed) || key.Equals("Expect", StringComparison.OrdinalIgnoreCase) ||
+                key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) && !key.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
                 continue;
             if (key.Equals("Authorization", StringComparison.OrdinalIgnoreCase) && session.RequiresBasicAuth)
                 continue; // the gateway's login, not the app's

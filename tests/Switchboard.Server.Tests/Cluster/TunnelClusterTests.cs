@@ -257,6 +257,50 @@ public sealed class TunnelClusterTests(PostgresFixture fixture) : IClassFixture<
         Assert.Contains("node-crashed", doc.RootElement.GetProperty("message").GetString());
     }
 
+    [Fact]
+    public async Task Data_path_requests_that_nginx_sends_to_another_node_are_relayed_to_the_agents_node()
+    {
+        await using var cluster = await TestCluster.StartAsync(fixture, 3);
+        await using var nginx = await NginxProcess.StartAsync(cluster.Nodes.Select(n => n.BaseUri.Port));
+        await using var local = await LocalApp.StartAsync();
+        var lb = new Uri($"http://127.0.0.1:{nginx.Port}/");
+        // The agent reaches the cluster through nginx: its WebSocket holds a connection to one node, so least_conn sends
+        // its data-path requests (one upstream connection each) to the other nodes, and nginx answers their
+        // Expect: 100-continue itself, so the agent is already sending the body when a node sees the request.
+        await using var agent = new TunnelAgent(new TunnelAgentOptions
+        {
+            Server = lb,
+            LocalTarget = local.Uri,
+            Token = cluster[0].Token("agent", tunnels: ["*"]),
+            Subdomain = "xn-data",
+        });
+        var (ack, _) = await agent.StartAsync(CancellationToken.None);
+        Assert.True(ack.OffersDataPath);
+        using var client = new HttpClient { BaseAddress = lb, Timeout = TimeSpan.FromSeconds(30) };
+        const long size = 3L * 1024 * 1024;
+        var expected = Convert.ToHexStringLower(SHA256.HashData(LocalApp.Pattern(size)));
+        for (var i = 0; i < 4; i++)
+        {
+            var body = await client.GetByteArrayAsync($"t/{ack.Name}/download?size={size}");
+            Assert.Equal(expected, Convert.ToHexStringLower(SHA256.HashData(body)));
+        }
+        Assert.Equal(4, agent.DataPathBodies);
+        Assert.Equal(0, agent.DataPathRefusals);
+        long relayed = 0, delivered = 0;
+        foreach (var node in cluster.Nodes)
+        {
+            var metrics = await node.Api.GetStringAsync("metrics");
+            relayed += Counter(metrics, "switchboard_tunnels_data_path_total{result=\"relayed\"}");
+            delivered += Counter(metrics, "switchboard_tunnels_data_path_total{result=\"delivered\"}");
+        }
+        Assert.Equal(4, delivered);
+        Assert.True(relayed >= 1, "no data-path request was relayed: nginx sent them all to the agent's node");
+    }
+
+    private static long Counter(string metrics, string series) => metrics.Split('\n')
+        .Where(l => l.StartsWith(series + " ", StringComparison.Ordinal))
+        .Sum(l => long.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+
     private static async Task<(WebSocketMessageType, byte[])> ReceiveAsync(ClientWebSocket ws)
     {
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
