@@ -10,7 +10,8 @@
 # processes on loopback. Two Switchboard variants share the gateway: "switchboard" through the standalone agent (switchboard-agent tunnel http,
 # the lighter executable, which the native `switchboard tunnel` also hands its process over to when it is installed next
 # to it) and "switchboard-cli" through the full CLI's own agent (switchboard tunnel http with SWITCHBOARD_AGENT_HANDOFF=0,
-# what runs when switchboard-agent is not installed); each agent's peak RSS is reported.
+# what runs when switchboard-agent is not installed); each agent's peak RSS is reported, and the CPU seconds the gateway
+# and the agent spent per GiB of the large downloads.
 set -euo pipefail
 DUR=${1:-10}; CONN=${2:-50}; BIG=${3:-1024}; WARMUP=${WARMUP:-10}; BIG_RUNS=${BIG_RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -68,6 +69,8 @@ for _ in $(seq 50); do grep -q Forwarding "$WORK/agent.log" && grep -q Forwardin
 # seconds, which is how long the other variants' warm-ups take.
 VARIANTS=("pipenet|http://127.0.0.1:$PN|Host: bench.localhost:$PN|no" "direct|http://127.0.0.1:$LOCAL||yes" "${RELAY_VARIANT[@]}" "switchboard|http://127.0.0.1:$GW/t/bench||yes" "switchboard-cli|http://127.0.0.1:$GW/t/bench-cli||yes")
 rss() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status; }
+ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+CPU_LINES=()
 lat() { # prints p50 p99 in ms from wrk --latency output
   awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50, p99}' | sed -E 's/([0-9.]+)us/\1e-3/g; s/([0-9.]+)ms/\1/g; s/([0-9.]+)s/\1e3/g' | awk '{printf "%.3f %.3f", $1, $2}'
 }
@@ -92,8 +95,21 @@ for v in "${VARIANTS[@]}"; do
   rps=$(awk '/Requests\/sec/{printf "%.0f", $2}' <<<"$out"); read -r p50 p99 <<<"$(lat <<<"$out")"
   errs=$(awk '/Non-2xx|Socket errors/{print}' <<<"$out" | tr '\n' ' ')
   light=$(wrk -t1 -c1 -d"$(( DUR / 2 > 2 ? DUR / 2 : 2 ))s" --latency "${H[@]}" "$url/small"); read -r l50 l99 <<<"$(lat <<<"$light")"
+  # CPU seconds per GiB downloaded, for the gateway and the agent (utime + stime of each process over the downloads):
+  # less noisy than MB/s on a shared machine, and what decides MB/s when the cores are the limit.
+  cpu_pids=""
+  case "$name" in switchboard) cpu_pids="$GWPID $AGPID" ;; switchboard-cli) cpu_pids="$GWPID $CLIPID" ;; esac
+  before=(); for p in $cpu_pids; do before+=("$(ticks "$p")"); done
   # The median of BIG_RUNS downloads: one 1 GiB download on a shared 2-core machine varies by a third between runs.
   speed=$(for _ in $(seq "$BIG_RUNS"); do curl -s -o /dev/null "${H[@]}" -w '%{speed_download}\n' "$url/big?mb=$BIG"; done | sort -n | awk '{v[NR]=$1} END{printf "%.0f", v[int((NR+1)/2)]/1e6}')
+  if [ -n "$cpu_pids" ]; then
+    i=0; cpu=()
+    for p in $cpu_pids; do
+      cpu+=("$(awk -v d="$(( $(ticks "$p") - before[i] ))" -v hz="$(getconf CLK_TCK)" -v mib="$(( BIG * BIG_RUNS ))" 'BEGIN{printf "%.2f", d / hz / (mib / 1024)}')")
+      i=$((i + 1))
+    done
+    CPU_LINES+=("$name: gateway ${cpu[0]} s, agent ${cpu[1]} s of CPU per GiB downloaded")
+  fi
   echo "| $name | $rps | $p50 | $p99 | $l50 | $l99 | $speed |${errs:+ $errs}"
 done
 echo
@@ -106,3 +122,4 @@ for a in "$AGPID agent.log" "$CLIPID agent-cli.log"; do
   fi
 done
 echo "Switchboard peak RSS: gateway $(rss $GWPID) MB (both variants), switchboard-agent $(rss $AGPID) MB, switchboard tunnel (CLI) $(rss $CLIPID) MB"
+for line in "${CPU_LINES[@]}"; do echo "$line"; done
