@@ -233,6 +233,45 @@ public sealed class TunnelDataPathTests
     }
 
     [Fact]
+    public async Task Upload_whose_public_client_left_ends_at_once_instead_of_running_on()
+    {
+        // This test is the uploader itself (with the connection's real key), for a real stream in flight (/hang), so
+        // it sees what an agent sees when the public client goes away mid-body: its upload connection is aborted.
+        await using var h = await TunnelHarness.StartAsync();
+        var ack = h.Ack!;
+        using var publicClient = new HttpClient(new SocketsHttpHandler { UseProxy = false }) { BaseAddress = h.Gateway.BaseUri };
+        var download = publicClient.GetAsync(h.Path("/hang"), HttpCompletionOption.ResponseHeadersRead);
+        var session = h.Gateway.Services.GetRequiredService<TunnelHub>().Find(ack.Name)!;
+        await WaitForAsync(() => Task.FromResult(session.FindStream(1) is not null), "stream 1 to be in flight");
+
+        using var uploader = new HttpClient(new SocketsHttpHandler { UseProxy = false }) { BaseAddress = h.Gateway.BaseUri, Timeout = Timeout.InfiniteTimeSpan };
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"{ack.DataPath.TrimStart('/')}/{ack.Name}/1")
+        {
+            Content = new RecordingContent(1024 * MiB), // far more than the public client will take
+        };
+        request.Headers.TryAddWithoutValidation(TunnelProtocol.DataKeyHeader, ack.DataKey);
+        request.Headers.TryAddWithoutValidation(TunnelProtocol.DataHeadHeader,
+            Convert.ToBase64String(new TunnelResponseHead(200, [new("Content-Type", "application/octet-stream")]).Encode(1)));
+        var upload = uploader.SendAsync(request);
+
+        using (var response = await download.WaitAsync(TimeSpan.FromSeconds(10)))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal(1024 * MiB, response.Content.Headers.ContentLength);
+            var body = await response.Content.ReadAsStreamAsync();
+            var buffer = new byte[64 * 1024];
+            for (long read = 0; read < 2 * MiB;)
+                read += await body.ReadAsync(buffer);
+        }
+        publicClient.Dispose(); // the public client leaves mid-body
+
+        var clock = Stopwatch.StartNew();
+        var failure = await Record.ExceptionAsync(() => upload.WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.True(failure is HttpRequestException or IOException, $"the upload was not cut: {failure?.GetType().Name ?? "it completed"} after {clock.Elapsed}");
+        await WaitForAsync(async () => await DataPathMetricAsync(h.Gateway, "cut") == 1, "result=\"cut\" 1");
+    }
+
+    [Fact]
     public async Task Body_refused_after_it_started_fails_that_request_with_502_at_once_and_the_agent_stops_using_the_data_path()
     {
         // nginx sends the data path to a second gateway that has no agent and answers Expect: 100-continue itself, so
