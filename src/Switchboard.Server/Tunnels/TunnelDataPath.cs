@@ -44,7 +44,8 @@ public sealed class TunnelDataPath
                 await RefuseAsync(context, StatusCodes.Status403Forbidden, "invalid_relay", $"the {TunnelRelay.Header} header is only accepted from the gateway's own nodes");
                 return;
             }
-            if (proof == RelayProof.Absent && _relay.Enabled && await _relay.TryRelayAsync(context, name))
+            // No response timeout: the holding node answers when the public client has read the whole body.
+            if (proof == RelayProof.Absent && _relay.Enabled && await _relay.TryRelayAsync(context, name, Timeout.InfiniteTimeSpan))
             {
                 _bodies.Add(1, new KeyValuePair<string, object?>("result", "relayed"));
                 return;

@@ -55,7 +55,12 @@ public sealed partial class TunnelRelay(ITunnelRegistry registry, INodeRegistry 
     /// Relays the request when another node holds tunnel <paramref name="name"/>. Returns false (nothing written) when no
     /// node holds it, so the caller answers 404; answers 502 itself when the holding node is gone or unreachable.
     /// </summary>
-    public async Task<bool> TryRelayAsync(HttpContext context, string name)
+    /// <param name="responseTimeout">
+    /// How long to wait for the holding node's response head; default: its first-byte timeout plus 10 s. A data-path
+    /// request passes <see cref="Timeout.InfiniteTimeSpan"/>: its answer comes only after the whole body was delivered,
+    /// which takes as long as the public client takes to read it.
+    /// </param>
+    public async Task<bool> TryRelayAsync(HttpContext context, string name, TimeSpan? responseTimeout = null)
     {
         TunnelRegistration? registration;
         NodeInfo? node = null;
@@ -80,7 +85,7 @@ public sealed partial class TunnelRelay(ITunnelRegistry registry, INodeRegistry 
         }
         var websocket = context.WebSockets.IsWebSocketRequest;
         // The owner answers within its own first-byte timeout (504 from there); this only catches a node that hangs.
-        var timeout = _options.FirstByteTimeout + TimeSpan.FromSeconds(10);
+        var timeout = responseTimeout ?? _options.FirstByteTimeout + TimeSpan.FromSeconds(10);
         RelayFailureWriter onFailure = (c, status, ws) => status == 504 && !ws
             ? TunnelForwarder.WriteErrorAsync(c, 504, "tunnel_timeout", "Gateway timeout.", $"Tunnel '{name}': node '{node.Id}' did not answer in time.")
             : TunnelForwarder.WriteErrorAsync(c, status, "tunnel_node_unreachable", ws ? "WebSocket upgrade failed." : "Bad gateway.",
