@@ -21,20 +21,25 @@ internal sealed partial class NginxProcess : IAsyncDisposable
 
     public int Port { get; }
 
-    public static async Task<NginxProcess> StartAsync(IEnumerable<int> nodePorts)
+    public static Task<NginxProcess> StartAsync(IEnumerable<int> nodePorts) => StartAsync(async (dir, port) =>
+    {
+        var template = await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "deploy", "nginx.conf"));
+        var servers = string.Concat(nodePorts.Select(p => $"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"));
+        var conf = ServerLine().Replace(template, "");
+        return conf.Replace("least_conn;\n", "least_conn;\n" + servers, StringComparison.Ordinal)
+            .Replace("listen 127.0.0.1:8080;", $"listen 127.0.0.1:{port};", StringComparison.Ordinal)
+            .Replace("worker_processes 1;", $"worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;", StringComparison.Ordinal)
+            .Replace("http {", $"http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n    fastcgi_temp_path {dir}/tmp/fastcgi;\n    uwsgi_temp_path {dir}/tmp/uwsgi;\n    scgi_temp_path {dir}/tmp/scgi;", StringComparison.Ordinal);
+    });
+
+    /// <summary>nginx with the configuration <paramref name="config"/> writes for its own directory and a free loopback port.</summary>
+    public static async Task<NginxProcess> StartAsync(Func<string, int, Task<string>> config)
     {
         var dir = Path.Combine(Path.GetTempPath(), "switchboard-nginx-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(Path.Combine(dir, "tmp"));
         var port = FreePort();
-        var template = await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "deploy", "nginx.conf"));
-        var servers = string.Concat(nodePorts.Select(p => $"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"));
-        var conf = ServerLine().Replace(template, "");
-        conf = conf.Replace("least_conn;\n", "least_conn;\n" + servers, StringComparison.Ordinal)
-            .Replace("listen 127.0.0.1:8080;", $"listen 127.0.0.1:{port};", StringComparison.Ordinal)
-            .Replace("worker_processes 1;", $"worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;", StringComparison.Ordinal)
-            .Replace("http {", $"http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n    fastcgi_temp_path {dir}/tmp/fastcgi;\n    uwsgi_temp_path {dir}/tmp/uwsgi;\n    scgi_temp_path {dir}/tmp/scgi;", StringComparison.Ordinal);
         var path = Path.Combine(dir, "nginx.conf");
-        await File.WriteAllTextAsync(path, conf);
+        await File.WriteAllTextAsync(path, await config(dir, port));
         await RunAsync("nginx", $"-c {path} -p {dir}");
         return new NginxProcess(dir, path, port);
     }
@@ -53,8 +58,16 @@ internal sealed partial class NginxProcess : IAsyncDisposable
 
     private static async Task RunAsync(string file, string args)
     {
-        using var p = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardError = true, RedirectStandardOutput = true })
-            ?? throw new InvalidOperationException("cannot start " + file);
+        Process? started;
+        try
+        {
+            started = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardError = true, RedirectStandardOutput = true });
+        }
+        catch (System.ComponentModel.Win32Exception ex)
+        {
+            throw new InvalidOperationException($"{file} is needed for this test and is not installed (apt-get install {file})", ex);
+        }
+        using var p = started ?? throw new InvalidOperationException("cannot start " + file);
         var stderr = await p.StandardError.ReadToEndAsync();
         await p.WaitForExitAsync();
         if (p.ExitCode != 0)

@@ -1,14 +1,13 @@
 using System.Collections.Concurrent;
-using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
-using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.DependencyInjection;
 using Switchboard.Protocol.Tunnels;
+using Switchboard.Server.Tests.Cluster;
 using Switchboard.Server.Tests.Infrastructure;
 using Switchboard.Server.Tunnels;
 
@@ -216,7 +215,7 @@ public sealed class TunnelDataPathTests
     public async Task Proxy_refusing_large_request_bodies_costs_three_refusals_then_bodies_go_over_the_websocket()
     {
         await using var h = await TunnelHarness.StartAsync(connect: false);
-        await using var nginx = await Nginx.StartAsync(h.Gateway.BaseUri.Port);
+        await using var nginx = await StartNginxAsync(h.Gateway.BaseUri.Port);
         var lb = new Uri($"http://127.0.0.1:{nginx.Port}/");
         var (agent, ack) = await h.StartAgentAsync(o => o.Server = lb); // the agent's WebSocket and data POSTs go through nginx
         Assert.True(ack.OffersDataPath);
@@ -278,7 +277,7 @@ public sealed class TunnelDataPathTests
         // the agent is already sending the body when the 421 comes: that stream is lost, and must fail fast (not 504).
         await using var h = await TunnelHarness.StartAsync(tunnels: o => o.FirstByteTimeout = TimeSpan.FromSeconds(20), connect: false);
         await using var other = await TestGateway.StartAsync();
-        await using var nginx = await Nginx.StartAsync(h.Gateway.BaseUri.Port, dataUpstreamPort: other.BaseUri.Port);
+        await using var nginx = await StartNginxAsync(h.Gateway.BaseUri.Port, dataUpstreamPort: other.BaseUri.Port);
         var (agent, ack) = await h.StartAgentAsync(o => o.Server = new Uri($"http://127.0.0.1:{nginx.Port}/"));
         Assert.True(ack.OffersDataPath);
 
@@ -378,24 +377,10 @@ public sealed class TunnelDataPathTests
     /// nginx in front of one gateway with its default-like <c>client_max_body_size 1m</c>, WebSocket upgrades passed and
     /// response buffering off. A missing nginx fails the test (the suite never skips).
     /// </summary>
-    private sealed class Nginx : IAsyncDisposable
+    /// <param name="dataUpstreamPort">When set, <c>/tunnel/data/</c> goes there (with request bodies streamed and unlimited) instead.</param>
+    private static Task<NginxProcess> StartNginxAsync(int upstreamPort, int? dataUpstreamPort = null) => NginxProcess.StartAsync((dir, port) =>
     {
-        private readonly string _dir;
-
-        private Nginx(string dir, int port)
-        {
-            _dir = dir;
-            Port = port;
-        }
-
-        public int Port { get; }
-
-        private string Conf => Path.Combine(_dir, "nginx.conf");
-
-        /// <param name="dataUpstreamPort">When set, <c>/tunnel/data/</c> goes there (with request bodies streamed and unlimited) instead.</param>
-        public static async Task<Nginx> StartAsync(int upstreamPort, int? dataUpstreamPort = null)
-        {
-            var dataLocation = dataUpstreamPort is { } dataPort
+        var dataLocation = dataUpstreamPort is { } dataPort
                 ? $$"""
                     location /tunnel/data/ {
                         client_max_body_size 0;
@@ -406,16 +391,7 @@ public sealed class TunnelDataPathTests
                     }
                     """
                 : "";
-            var dir = Path.Combine(Path.GetTempPath(), "switchboard-nginx-" + Guid.NewGuid().ToString("N")[..8]);
-            Directory.CreateDirectory(Path.Combine(dir, "tmp"));
-            int port;
-            using (var l = new TcpListener(IPAddress.Loopback, 0))
-            {
-                l.Start();
-                port = ((IPEndPoint)l.LocalEndpoint).Port;
-            }
-            var nginx = new Nginx(dir, port);
-            await File.WriteAllTextAsync(nginx.Conf, $$"""
+        return Task.FromResult($$"""
                 worker_processes 1;
                 pid {{dir}}/nginx.pid;
                 error_log {{dir}}/error.log;
@@ -449,41 +425,5 @@ public sealed class TunnelDataPathTests
                     }
                 }
                 """);
-            await nginx.RunAsync("");
-            return nginx;
-        }
-
-        private async Task RunAsync(string extra)
-        {
-            Process process;
-            try
-            {
-                process = Process.Start(new ProcessStartInfo("nginx", $"-c {Conf} -p {_dir} {extra}") { RedirectStandardError = true, RedirectStandardOutput = true })
-                    ?? throw new InvalidOperationException("cannot start nginx");
-            }
-            catch (Win32Exception ex)
-            {
-                throw new InvalidOperationException("nginx is needed for this test and is not installed (apt-get install nginx)", ex);
-            }
-            using (process)
-            {
-                var stderr = await process.StandardError.ReadToEndAsync();
-                await process.WaitForExitAsync();
-                if (process.ExitCode != 0)
-                    throw new InvalidOperationException($"nginx {extra} failed ({process.ExitCode}): {stderr}");
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            await RunAsync("-s stop");
-            try
-            {
-                Directory.Delete(_dir, true);
-            }
-            catch (IOException)
-            {
-            }
-        }
-    }
+    });
 }
