@@ -1,6 +1,8 @@
 using System.Diagnostics.Metrics;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.Options;
 using Switchboard.Protocol.Tunnels;
 using Switchboard.Server.Diagnostics;
 using Switchboard.Server.Http;
@@ -20,10 +22,13 @@ public sealed class TunnelDataPath
     private readonly TunnelRelay _relay;
     private readonly Counter<long> _bodies;
 
-    public TunnelDataPath(TunnelHub hub, TunnelRelay relay, IMeterFactory meterFactory)
+    private readonly long _parkBytes;
+
+    public TunnelDataPath(TunnelHub hub, TunnelRelay relay, IOptions<SocketTransportOptions> transport, IMeterFactory meterFactory)
     {
         _hub = hub;
         _relay = relay;
+        _parkBytes = transport.Value.MaxReadBufferSize ?? 0;
         _bodies = meterFactory.Create(SwitchboardMetrics.MeterName).CreateCounter<long>("switchboard.tunnels.data_path", "{body}",
             "Response bodies offered on the tunnel data path, by result: delivered, cut (the public client or the agent went away), or refused with the reason.");
     }
@@ -75,7 +80,11 @@ public sealed class TunnelDataPath
         }
         if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
             limit.MaxRequestBodySize = length; // exactly what the head announced; the forwarder reads no more
-        var body = new ExternalBody(context.Request.BodyReader, length);
+        var body = new ExternalBody(context.Request.BodyReader, length)
+        {
+            Socket = TunnelZeroCopy.PlainSocket(context),
+            ParkBytes = _parkBytes,
+        };
         if (!target.TryAttach(head, body))
         {
             await RefuseAsync(context, StatusCodes.Status409Conflict, "stream_answered", $"stream {stream} already has a response or was aborted");
@@ -90,6 +99,11 @@ public sealed class TunnelDataPath
             // The rest of the body has nowhere to go: cut the upload so the agent stops reading from its local server.
             context.Abort();
             return;
+        }
+        if (body.Spliced)
+        {
+            // The tail of the body left the socket behind Kestrel's back; this connection cannot carry another request.
+            context.Response.Headers.Connection = "close";
         }
         context.Response.StatusCode = StatusCodes.Status204NoContent;
     }

@@ -22,6 +22,7 @@ public static class TunnelEndpoints
         services.TryAddSingleton<TunnelRelay>();
         services.TryAddSingleton<TunnelForwarder>();
         services.TryAddSingleton<TunnelDataPath>();
+        services.TryAddSingleton<TunnelZeroCopy>();
         services.AddHostedService<TunnelRegistryCleanup>();
         return services;
     }

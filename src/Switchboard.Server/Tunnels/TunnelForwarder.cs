@@ -17,7 +17,7 @@ namespace Switchboard.Server.Tunnels;
 /// Forwards one public request through a tunnel: opens a stream (response slot first), sends the head, streams the
 /// body under the stream and connection windows, and copies the response back as it arrives (or buffered).
 /// </summary>
-public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IOptions<TunnelOptions> options, ILogger<TunnelForwarder> logger)
+public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, TunnelZeroCopy zeroCopy, IOptions<TunnelOptions> options, ILogger<TunnelForwarder> logger)
 {
     private readonly TunnelOptions _options = options.Value;
 
@@ -202,8 +202,10 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         {
             if (external is not null)
             {
-                context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
                 http.ContentLength = external.Length;
+                if (await zeroCopy.TryCopyAsync(context, stream, external, record))
+                    return;
+                context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
                 await CopyExternalAsync(context, stream, external, record);
             }
             else if (buffered)
@@ -317,6 +319,15 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, IO
         {
             external.Finish(delivered: false); // no-op after a delivery
         }
+        await AwaitEndAsync(context, stream);
+    }
+
+    /// <summary>
+    /// After a data-path body: waits for the stream's end frame (with trailers) on the WebSocket. Returns when it arrives
+    /// or the public client has left; throws when the agent sent body frames for a body it sent on the data path.
+    /// </summary>
+    internal static async Task AwaitEndAsync(HttpContext context, GatewayStream stream)
+    {
         var reader = stream.Inbound.Reader;
         while (true)
         {

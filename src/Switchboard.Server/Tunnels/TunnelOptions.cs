@@ -42,6 +42,15 @@ public sealed class TunnelOptions
     [Range(0, long.MaxValue)]
     public long DataPathMinBytes { get; set; } = 1024 * 1024;
 
+    /// <summary>
+    /// Data-path bodies the kernel may move at once from the agent's connection to the public one (<c>splice(2)</c>,
+    /// Linux, plain HTTP/1.1 on both sides), without the bytes entering the gateway's memory (docs/tunnels.md,
+    /// "Zero copy"). Each running transfer holds a thread; further bodies are copied as usual. 64 covers many parallel
+    /// large downloads for 64 threads at most. 0 turns zero copy off.
+    /// </summary>
+    [Range(0, 4096)]
+    public int ZeroCopyTransfers { get; set; } = 64;
+
     /// <summary>Requests remembered per tunnel for inspection and replay (a ring buffer). 100, like ngrok's inspector.</summary>
     [Range(0, 100_000)]
     public int RecentRequests { get; set; } = 100;

@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Collections.Concurrent;
 using System.IO.Pipelines;
 using System.Net;
@@ -285,6 +286,15 @@ internal sealed class ExternalBody(PipeReader reader, long length)
 
     public PipeReader Reader { get; } = reader;
     public long Length { get; } = length;
+
+    /// <summary>The data request's socket when it is plain HTTP/1.1 (zero copy may read the body's tail from it), else null.</summary>
+    public Socket? Socket { get; init; }
+
+    /// <summary>Unconsumed bytes at which Kestrel's socket reader stops reading (the transport's MaxReadBufferSize); 0 when unbounded.</summary>
+    public long ParkBytes { get; init; }
+
+    /// <summary>True once zero copy took the body's tail from <see cref="Socket"/>: the data request's connection must close after it.</summary>
+    public bool Spliced { get; set; }
 
     /// <summary>True when the whole body reached the public client; false when it did not (the upload is then cut).</summary>
     public Task<bool> Done => _done.Task;

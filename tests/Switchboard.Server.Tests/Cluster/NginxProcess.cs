@@ -21,6 +21,13 @@ internal sealed partial class NginxProcess : IAsyncDisposable
 
     public int Port { get; }
 
+    /// <summary>The last lines of nginx's error log (when the configuration writes one to its directory), for failure messages.</summary>
+    public string ErrorLogTail(int lines = 20)
+    {
+        var path = Path.Combine(_dir, "error.log");
+        return File.Exists(path) ? string.Join('\n', File.ReadLines(path).TakeLast(lines)) : "";
+    }
+
     public static Task<NginxProcess> StartAsync(IEnumerable<int> nodePorts) => StartAsync(async (dir, port) =>
     {
         var template = await File.ReadAllTextAsync(Path.Combine(RepoRoot(), "deploy", "nginx.conf"));

@@ -49,7 +49,7 @@ public sealed class TunnelDataPathClusterTests(PostgresFixture fixture) : IClass
                 var seen = new List<string>();
                 foreach (var node in cluster.Nodes)
                     seen.AddRange((await node.Api.GetStringAsync("metrics")).Split('\n').Where(l => l.StartsWith("switchboard_tunnels_", StringComparison.Ordinal)).Select(l => node.BaseUri.Port + " " + l));
-                throw new InvalidOperationException($"download {i + 1} failed ({ex.Message}); agent: {agent.DataPathBodies} bodies, {agent.DataPathRefusals} refusals; nodes:\n{string.Join('\n', seen)}", ex);
+                throw new InvalidOperationException($"download {i + 1} failed ({ex.Message}); agent: {agent.DataPathBodies} bodies, {agent.DataPathRefusals} refusals; nodes:\n{string.Join('\n', seen)}\nnginx:\n{nginx.ErrorLogTail()}", ex);
             }
             Assert.Equal(expected, Convert.ToHexStringLower(SHA256.HashData(body)));
         }

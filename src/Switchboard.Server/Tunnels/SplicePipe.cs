@@ -1,0 +1,255 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace Switchboard.Server.Tunnels;
+
+/// <summary>How a <see cref="SplicePipe.Move"/> ended.</summary>
+internal enum SpliceOutcome
+{
+    /// <summary>Every byte was handed to the destination socket.</summary>
+    Completed,
+
+    /// <summary>The source ended (EOF) or failed before the count was reached: the agent went away.</summary>
+    SourceFailed,
+
+    /// <summary>The destination failed: the public client went away.</summary>
+    DestinationFailed,
+
+    /// <summary>No byte moved for the stall timeout: a client that stopped reading or an agent that stopped sending.</summary>
+    Stalled,
+
+    /// <summary>The caller cancelled.</summary>
+    Canceled,
+}
+
+/// <summary>
+/// A Linux pipe used to move bytes from one socket to another with <c>splice(2)</c>: the kernel moves pages from the
+/// source's receive queue to the destination's send queue, and the bytes never enter user space (no copy in, no copy
+/// out, two system calls per up to 1 MiB). <see cref="Move"/> blocks its thread, waiting with <c>poll(2)</c>; callers run
+/// it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously is.
+/// </summary>
+internal sealed unsafe partial class SplicePipe : IDisposable
+{
+    private const int O_NONBLOCK = 0x800;
+    private const int O_CLOEXEC = 0x80000;
+    private const int F_SETPIPE_SZ = 1031;
+    private const int F_GETPIPE_SZ = 1032;
+    private const uint SPLICE_F_MOVE = 1;
+    private const uint SPLICE_F_NONBLOCK = 2;
+    private const uint SPLICE_F_MORE = 4;
+    private const short POLLIN = 0x1;
+    private const short POLLOUT = 0x4;
+    private const int EINTR = 4;
+    private const int EAGAIN = 11;
+    private const int PollMilliseconds = 250;
+    private const nuint SIOCOUTQ = 0x5411;
+
+    /// <summary>Pipe capacity asked for: 1 MiB, the default unprivileged maximum (<c>/proc/sys/fs/pipe-max-size</c>).</summary>
+    private const int WantedCapacity = 1024 * 1024;
+
+    private readonly int _read;
+    private readonly int _write;
+    private readonly int _capacity;
+    private int _disposed;
+
+    /// <summary>True on Linux when a pipe can be created here (checked once).</summary>
+    public static bool IsSupported { get; } = OperatingSystem.IsLinux() && Probe();
+
+    private SplicePipe(int read, int write, int capacity)
+    {
+        _read = read;
+        _write = write;
+        _capacity = capacity;
+    }
+
+    /// <summary>Bytes the pipe holds at most: what one pair of splices moves.</summary>
+    public int Capacity => _capacity;
+
+    /// <summary>A new pipe, or null when the system refuses one (no file descriptors left, not Linux).</summary>
+    public static SplicePipe? TryCreate()
+    {
+        if (!OperatingSystem.IsLinux())
+            return null;
+        var fds = stackalloc int[2];
+        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+            return null;
+        var capacity = fcntl(fds[1], F_SETPIPE_SZ, WantedCapacity);
+        if (capacity <= 0)
+            capacity = fcntl(fds[1], F_GETPIPE_SZ, 0);
+        if (capacity <= 0)
+            capacity = 64 * 1024;
+        return new SplicePipe(fds[0], fds[1], capacity);
+    }
+
+    private static bool Probe()
+    {
+        try
+        {
+            using var pipe = TryCreate();
+            return pipe is not null;
+        }
+        catch (Exception ex) when (ex is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Moves exactly <paramref name="count"/> bytes from <paramref name="source"/> to <paramref name="destination"/>.
+    /// Blocks until done, failed, stalled (nothing moved for <paramref name="stall"/>) or cancelled (checked at least
+    /// every 250 ms). <paramref name="moved"/> counts bytes handed to the destination. The sockets stay referenced
+    /// while this runs, so closing them elsewhere cannot hand their descriptor numbers to another connection meanwhile.
+    /// </summary>
+    public SpliceOutcome Move(Socket source, Socket destination, long count, TimeSpan stall, CancellationToken cancellationToken, out long moved)
+    {
+        moved = 0;
+        SafeHandle src = source.SafeHandle, dst = destination.SafeHandle;
+        bool srcRef = false, dstRef = false;
+        try
+        {
+            src.DangerousAddRef(ref srcRef);
+            dst.DangerousAddRef(ref dstRef);
+            return Move((int)src.DangerousGetHandle(), (int)dst.DangerousGetHandle(), count, stall, cancellationToken, ref moved);
+        }
+        finally
+        {
+            if (dstRef)
+                dst.DangerousRelease();
+            if (srcRef)
+                src.DangerousRelease();
+        }
+    }
+
+    private SpliceOutcome Move(int src, int dst, long count, TimeSpan stall, CancellationToken cancellationToken, ref long moved)
+    {
+        var left = count;
+        long inPipe = 0;
+        var lastProgress = Environment.TickCount64;
+        var stallMs = (long)stall.TotalMilliseconds;
+        var fds = stackalloc PollFd[2];
+        while (left > 0 || inPipe > 0)
+        {
+            var progressed = false;
+            var waitIn = false;
+            var waitOut = false;
+            if (left > 0 && inPipe < _capacity)
+            {
+                var n = splice(src, null, _write, null, (nuint)Math.Min(left, _capacity - inPipe), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                if (n > 0)
+                {
+                    left -= n;
+                    inPipe += n;
+                    progressed = true;
+                }
+                else if (n == 0)
+                    return SpliceOutcome.SourceFailed; // EOF before the count: the sender went away
+                else
+                {
+                    var error = Marshal.GetLastPInvokeError();
+                    if (error == EAGAIN)
+                        waitIn = true;
+                    else if (error != EINTR)
+                        return SpliceOutcome.SourceFailed;
+                }
+            }
+            if (inPipe > 0)
+            {
+                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 ? SPLICE_F_MORE : 0));
+                if (n > 0)
+                {
+                    inPipe -= n;
+                    moved += n;
+                    progressed = true;
+                }
+                else if (n == 0)
+                    return SpliceOutcome.DestinationFailed;
+                else
+                {
+                    var error = Marshal.GetLastPInvokeError();
+                    if (error == EAGAIN)
+                        waitOut = true;
+                    else if (error != EINTR)
+                        return SpliceOutcome.DestinationFailed;
+                }
+            }
+            if (progressed)
+            {
+                lastProgress = Environment.TickCount64;
+                continue;
+            }
+            if (cancellationToken.IsCancellationRequested)
+                return SpliceOutcome.Canceled;
+            if (Environment.TickCount64 - lastProgress > stallMs)
+                return SpliceOutcome.Stalled;
+            // The destination is always watched: an error or hang-up there (the client left) ends the wait at once.
+            var watched = 0;
+            fds[watched++] = new PollFd { Fd = dst, Events = waitOut ? POLLOUT : (short)0 };
+            if (waitIn)
+                fds[watched++] = new PollFd { Fd = src, Events = POLLIN };
+            if (poll(fds, (nuint)watched, PollMilliseconds) < 0 && Marshal.GetLastPInvokeError() != EINTR)
+                return SpliceOutcome.DestinationFailed;
+            if (!waitOut && fds[0].Revents != 0)
+                return SpliceOutcome.DestinationFailed; // error or hang-up while waiting for the source
+        }
+        return SpliceOutcome.Completed;
+    }
+
+    /// <summary>
+    /// Bytes in <paramref name="socket"/>'s send queue that the peer has not acknowledged yet (<c>SIOCOUTQ</c>), or -1
+    /// when the socket is closed or the call fails.
+    /// </summary>
+    public static int Unacknowledged(Socket socket)
+    {
+        var handle = socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var queued = 0;
+            return ioctl((int)handle.DangerousGetHandle(), SIOCOUTQ, &queued) == 0 ? queued : -1;
+        }
+        catch (ObjectDisposedException)
+        {
+            return -1;
+        }
+        finally
+        {
+            if (added)
+                handle.DangerousRelease();
+        }
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        close(_read);
+        close(_write);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int pipe2(int* fds, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(int fd, int command, int argument);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint splice(int input, long* inputOffset, int output, long* outputOffset, nuint length, uint flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int poll(PollFd* fds, nuint count, int timeout);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ioctl(int fd, nuint request, int* value);
+}
