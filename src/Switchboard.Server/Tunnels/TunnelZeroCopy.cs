@@ -86,6 +86,15 @@ public sealed partial class TunnelZeroCopy
             _bodies.Add(1, new KeyValuePair<string, object?>("result", result));
             if (result == "completed")
             {
+                // FIN right after the body, from here: this also makes the later close graceful (a socket closed
+                // with a receive pending and no shutdown is reset), then wait for the client to acknowledge it all.
+                try
+                {
+                    client.Shutdown(SocketShutdown.Send);
+                }
+                catch (SocketException)
+                {
+                }
                 await DrainAsync(client, context.RequestAborted);
                 try
                 {

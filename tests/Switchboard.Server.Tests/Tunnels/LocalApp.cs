@@ -56,9 +56,14 @@ public sealed class LocalApp : IAsyncDisposable
                 sb.Append('\n').Append(h).Append('=').Append(string.Join("|", c.Request.Headers[h].ToArray()));
             return sb.ToString();
         });
-        app.MapGet("/download", async (HttpContext c, long size) =>
+        app.MapGet("/download", async (HttpContext c, long size, bool? cookies) =>
         {
             c.Response.ContentType = "application/octet-stream";
+            if (cookies == true)
+            {
+                c.Response.Headers.Append("Set-Cookie", "a=1; Path=/");
+                c.Response.Headers.Append("Set-Cookie", "b=2; Path=/; HttpOnly");
+            }
             c.Response.ContentLength = size;
             var chunk = new byte[64 * 1024];
             for (long sent = 0; sent < size;)

@@ -1,0 +1,311 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Switchboard.Server.Tunnels;
+
+namespace Switchboard.Server.Tests.Tunnels;
+
+/// <summary>
+/// <see cref="SplicePipe"/> on real loopback TCP connections (sender → source, destination → receiver, with source and
+/// destination non-blocking as the gateway hands them over): <c>Move</c> hands exactly the count over byte-exact and
+/// never reads past it, reports an agent that ends early, a client that leaves, a stall and a cancellation with the
+/// right outcome, byte count and timing, and <c>Unacknowledged</c> reads the send queue and answers -1 once closed.
+/// </summary>
+public sealed class SplicePipeTests
+{
+    private const long MiB = 1024 * 1024;
+    private static readonly TimeSpan Hang = TimeSpan.FromSeconds(10); // only reached when something is broken
+
+    [Fact]
+    public async Task Move_hands_over_exactly_count_bytes_byte_exact_and_leaves_what_follows_in_the_source()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        const long count = 32 * MiB;
+        const int extra = 1000;
+        var data = Pattern(count + extra);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        Assert.True(count > 4L * pipe.Capacity, $"the pipe holds {pipe.Capacity} bytes: the count must need many rounds");
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+
+        var receiving = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(5), CancellationToken.None);
+        var sent = await s.Sender.SendAsync(data, timeout.Token); // more than the count: the rest must stay in the source
+        var result = await move.WaitAsync(Hang);
+
+        Assert.Equal((SpliceOutcome.Completed, count), (result.Outcome, result.Moved));
+        Assert.Equal(data.Length, sent);
+        s.Destination.Shutdown(SocketShutdown.Send); // the receiver reads to the end: nothing beyond the count may come
+        var received = await receiving;
+        Assert.Equal(count, received.Length);
+        Assert.Equal(Sha256(data.AsSpan(0, (int)count)), Sha256(received));
+
+        s.Sender.Shutdown(SocketShutdown.Send);
+        Assert.Equal(data.AsSpan((int)count).ToArray(), await ReceiveToEndAsync(s.Source, timeout.Token));
+    }
+
+    [Fact]
+    public async Task Source_ending_before_the_count_is_SourceFailed_after_every_byte_that_arrived_was_handed_over()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        const int sent = 100 * 1024;
+        var data = Pattern(sent);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+
+        var receiving = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        var move = MoveAsync(pipe, s, MiB, TimeSpan.FromSeconds(5), CancellationToken.None);
+        Assert.Equal(sent, await s.Sender.SendAsync(data, timeout.Token));
+        s.Sender.Shutdown(SocketShutdown.Send); // the agent goes away after 100 KB of 1 MiB
+        var result = await move.WaitAsync(Hang);
+
+        Assert.Equal((SpliceOutcome.SourceFailed, (long)sent), (result.Outcome, result.Moved));
+        s.Destination.Shutdown(SocketShutdown.Send);
+        Assert.Equal(data, await receiving);
+    }
+
+    [Fact]
+    public async Task Destination_peer_leaving_mid_move_is_DestinationFailed_at_once()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        const long count = 1024 * MiB; // far more than will ever move
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        using var stop = new CancellationTokenSource(Hang);
+
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(30), CancellationToken.None);
+        var sending = SendUntilStoppedAsync(s.Sender, stop.Token);
+        var buffer = new byte[64 * 1024];
+        for (long read = 0; read < MiB;) // the bytes flow...
+        {
+            var n = await s.Receiver.ReceiveAsync(buffer, stop.Token);
+            Assert.True(n > 0, $"the receiver saw the end after {read} bytes");
+            read += n;
+        }
+        var clock = Stopwatch.StartNew();
+        s.Receiver.Dispose(); // ...then the client leaves with bytes unread (a reset)
+        var result = await move.WaitAsync(Hang);
+        clock.Stop();
+        await stop.CancelAsync();
+        await sending;
+
+        Assert.Equal(SpliceOutcome.DestinationFailed, result.Outcome);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"Move noticed the client left {clock.ElapsedMilliseconds} ms later");
+        Assert.InRange(result.Moved, MiB, count - 1);
+    }
+
+    [Fact]
+    public async Task Nothing_arriving_for_the_stall_timeout_is_Stalled()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+
+        var result = await MoveAsync(pipe, s, MiB, TimeSpan.FromMilliseconds(300), CancellationToken.None).WaitAsync(Hang);
+
+        Assert.Equal((SpliceOutcome.Stalled, 0L), (result.Outcome, result.Moved));
+        Assert.InRange(result.Elapsed, TimeSpan.FromMilliseconds(300), TimeSpan.FromSeconds(3));
+    }
+
+    [Fact]
+    public async Task Cancelling_ends_a_waiting_move_within_a_poll_interval()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        using var cancel = new CancellationTokenSource();
+
+        var move = MoveAsync(pipe, s, MiB, TimeSpan.FromSeconds(30), cancel.Token);
+        await Task.Delay(200);
+        Assert.False(move.IsCompleted, "Move ended before it was cancelled");
+        var clock = Stopwatch.StartNew();
+        await cancel.CancelAsync();
+        var result = await move.WaitAsync(Hang);
+        clock.Stop();
+
+        Assert.Equal((SpliceOutcome.Canceled, 0L), (result.Outcome, result.Moved));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"Move ended {clock.ElapsedMilliseconds} ms after the cancellation");
+    }
+
+    [Fact]
+    public async Task Unacknowledged_is_the_send_queue_zero_once_the_peer_read_everything_and_minus_one_when_closed()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        var (sender, peer) = await ConnectAsync();
+        using (peer)
+        using (sender)
+        {
+            Assert.Equal(0, SplicePipe.Unacknowledged(sender)); // nothing sent yet
+
+            // The peer reads nothing: fill its receive window and the sender's send queue until a send would block.
+            sender.Blocking = false;
+            var chunk = Pattern(64 * 1024);
+            long sent = 0;
+            while (sender.Send(chunk, SocketFlags.None, out var error) is var n && error == SocketError.Success)
+                sent += n;
+            var queued = SplicePipe.Unacknowledged(sender);
+            Assert.InRange(queued, 1, sent);
+
+            using var timeout = new CancellationTokenSource(Hang);
+            var buffer = new byte[256 * 1024];
+            for (long read = 0; read < sent;)
+            {
+                var n = await peer.ReceiveAsync(buffer, timeout.Token);
+                Assert.True(n > 0, $"the peer saw the end after {read} of {sent} bytes");
+                read += n;
+            }
+            // Everything was read, so everything was received; the last acknowledgement may trail the read a little.
+            var clock = Stopwatch.StartNew();
+            while (SplicePipe.Unacknowledged(sender) != 0 && clock.Elapsed < TimeSpan.FromSeconds(2))
+                await Task.Delay(10);
+            Assert.Equal(0, SplicePipe.Unacknowledged(sender));
+            Assert.Equal(0, peer.Available); // idle: not a byte more than was sent
+        }
+        Assert.Equal(-1, SplicePipe.Unacknowledged(sender));
+    }
+
+    [Theory]
+    [InlineData(8, 0)]
+    [InlineData(8, 300)]
+    [InlineData(1, 300)]
+    public async Task Probe_eof_with_bytes_in_pipe(int mib, int readDelayMs)
+    {
+        var sent = (int)(mib * MiB);
+        var data = Pattern(sent);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+        var move = MoveAsync(pipe, s, 64 * MiB, TimeSpan.FromSeconds(5), CancellationToken.None);
+        var sending = s.Sender.SendAsync(data, timeout.Token);
+        await Task.Delay(readDelayMs);
+        var receiving = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        await sending;
+        s.Sender.Shutdown(SocketShutdown.Send);
+        var result = await move.WaitAsync(Hang);
+        s.Destination.Shutdown(SocketShutdown.Send);
+        var got = await receiving;
+        Assert.Fail($"outcome {result.Outcome} moved {result.Moved} received {got.Length} sent {sent} elapsed {result.Elapsed.TotalMilliseconds}");
+    }
+
+    // ---- helpers ----
+
+    private readonly record struct MoveResult(SpliceOutcome Outcome, long Moved, TimeSpan Elapsed);
+
+    /// <summary>Runs <see cref="SplicePipe.Move"/> on a thread of its own, as the gateway does, timing it there.</summary>
+    private static Task<MoveResult> MoveAsync(SplicePipe pipe, Sockets s, long count, TimeSpan stall, CancellationToken cancellationToken) =>
+        Task.Factory.StartNew(() =>
+        {
+            var clock = Stopwatch.StartNew();
+            var outcome = pipe.Move(s.Source, s.Destination, count, stall, cancellationToken, out var moved);
+            return new MoveResult(outcome, moved, clock.Elapsed);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    /// <summary><paramref name="length"/> bytes that do not repeat (seeded, so the same every run).</summary>
+    private static byte[] Pattern(long length)
+    {
+        var data = new byte[length];
+        new Random(20_240_611).NextBytes(data);
+        return data;
+    }
+
+    private static string Sha256(ReadOnlySpan<byte> data) => Convert.ToHexStringLower(SHA256.HashData(data));
+
+    private static async Task<byte[]> ReceiveToEndAsync(Socket socket, CancellationToken cancellationToken)
+    {
+        using var received = new MemoryStream();
+        var buffer = new byte[256 * 1024];
+        int n;
+        while ((n = await socket.ReceiveAsync(buffer, cancellationToken)) > 0)
+            received.Write(buffer, 0, n);
+        return received.ToArray();
+    }
+
+    /// <summary>Sends until stopped or refused (the source was closed under it); the test stops it when done.</summary>
+    private static async Task SendUntilStoppedAsync(Socket socket, CancellationToken cancellationToken)
+    {
+        var chunk = Pattern(MiB);
+        try
+        {
+            while (true)
+                await socket.SendAsync(chunk, cancellationToken);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or SocketException)
+        {
+        }
+    }
+
+    /// <summary>A loopback TCP connection: the connecting end and the accepted end.</summary>
+    private static async Task<(Socket Connected, Socket Accepted)> ConnectAsync()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        try
+        {
+            var connected = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                var accepting = listener.AcceptSocketAsync();
+                await connected.ConnectAsync((IPEndPoint)listener.LocalEndpoint);
+                return (connected, await accepting.WaitAsync(Hang));
+            }
+            catch
+            {
+                connected.Dispose();
+                throw;
+            }
+        }
+        finally
+        {
+            listener.Stop();
+        }
+    }
+
+    /// <summary>
+    /// The two connections of one move: the agent's (<see cref="Sender"/> → <see cref="Source"/>) and the public
+    /// client's (<see cref="Destination"/> → <see cref="Receiver"/>). Source and destination are the gateway's accepted
+    /// ends, non-blocking at the descriptor level.
+    /// </summary>
+    private sealed class Sockets : IDisposable
+    {
+        private Sockets(Socket sender, Socket source, Socket destination, Socket receiver)
+        {
+            Sender = sender;
+            Source = source;
+            Destination = destination;
+            Receiver = receiver;
+        }
+
+        public Socket Sender { get; }
+
+        public Socket Source { get; }
+
+        public Socket Destination { get; }
+
+        public Socket Receiver { get; }
+
+        public static async Task<Sockets> OpenAsync()
+        {
+            var (sender, source) = await ConnectAsync();
+            var (receiver, destination) = await ConnectAsync();
+            source.Blocking = false;
+            destination.Blocking = false;
+            return new Sockets(sender, source, destination, receiver);
+        }
+
+        public void Dispose()
+        {
+            Sender.Dispose();
+            Source.Dispose();
+            Destination.Dispose();
+            Receiver.Dispose();
+        }
+    }
+}
