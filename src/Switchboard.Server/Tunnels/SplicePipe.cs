@@ -39,6 +39,9 @@ internal sealed unsafe partial class SplicePipe : IDisposable
     private const uint SPLICE_F_MORE = 4;
     private const short POLLIN = 0x1;
     private const short POLLOUT = 0x4;
+    private const short POLLERR = 0x8;
+    private const short POLLHUP = 0x10;
+    private const short POLLNVAL = 0x20;
     private const int EINTR = 4;
     private const int EAGAIN = 11;
     private const int PollMilliseconds = 250;
@@ -127,6 +130,7 @@ internal sealed unsafe partial class SplicePipe : IDisposable
         var lastProgress = Environment.TickCount64;
         var stallMs = (long)stall.TotalMilliseconds;
         var fds = stackalloc PollFd[2];
+        var sourceFailed = false;
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
@@ -142,14 +146,20 @@ internal sealed unsafe partial class SplicePipe : IDisposable
                     progressed = true;
                 }
                 else if (n == 0)
-                    return SpliceOutcome.SourceFailed; // EOF before the count: the sender went away
+                {
+                    sourceFailed = true; // EOF before the count: the sender went away; what the pipe holds still goes out
+                    left = 0;
+                }
                 else
                 {
                     var error = Marshal.GetLastPInvokeError();
                     if (error == EAGAIN)
                         waitIn = true;
                     else if (error != EINTR)
-                        return SpliceOutcome.SourceFailed;
+                    {
+                        sourceFailed = true;
+                        left = 0;
+                    }
                 }
             }
             if (inPipe > 0)
@@ -181,17 +191,20 @@ internal sealed unsafe partial class SplicePipe : IDisposable
                 return SpliceOutcome.Canceled;
             if (Environment.TickCount64 - lastProgress > stallMs)
                 return SpliceOutcome.Stalled;
-            // The destination is always watched: an error or hang-up there (the client left) ends the wait at once.
-            var watched = 0;
-            fds[watched++] = new PollFd { Fd = dst, Events = waitOut ? POLLOUT : (short)0 };
-            if (waitIn)
-                fds[watched++] = new PollFd { Fd = src, Events = POLLIN };
+            // Both sockets are always watched: an error or hang-up on the one not waited for (the client left, or the
+            // gateway closed the agent's connection, which shuts the socket down) ends the wait at once.
+            var watched = 1;
+            fds[0] = new PollFd { Fd = dst, Events = waitOut ? POLLOUT : (short)0 };
+            if (left > 0)
+                fds[watched++] = new PollFd { Fd = src, Events = waitIn ? POLLIN : (short)0 };
             if (poll(fds, (nuint)watched, PollMilliseconds) < 0 && Marshal.GetLastPInvokeError() != EINTR)
                 return SpliceOutcome.DestinationFailed;
             if (!waitOut && fds[0].Revents != 0)
                 return SpliceOutcome.DestinationFailed; // error or hang-up while waiting for the source
+            if (watched > 1 && !waitIn && (fds[1].Revents & (POLLERR | POLLHUP | POLLNVAL)) != 0)
+                return SpliceOutcome.SourceFailed; // the rest of the body can no longer arrive
         }
-        return SpliceOutcome.Completed;
+        return sourceFailed ? SpliceOutcome.SourceFailed : SpliceOutcome.Completed;
     }
 
     /// <summary>

@@ -69,6 +69,73 @@ public sealed class SplicePipeTests
     }
 
     [Fact]
+    public async Task Source_ending_while_the_destination_is_slow_still_hands_over_what_the_pipe_holds()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        // Small buffers towards a slow reader: when the sender ends, up to a pipe's worth is still on its way out.
+        s.Destination.SendBufferSize = 64 * 1024;
+        s.Receiver.ReceiveBufferSize = 64 * 1024;
+        using var timeout = new CancellationTokenSource(Hang);
+        var data = Pattern(4 * MiB);
+
+        var move = MoveAsync(pipe, s, 64 * MiB, TimeSpan.FromSeconds(5), CancellationToken.None);
+        var sending = Task.Run(async () =>
+        {
+            await s.Sender.SendAsync(data, timeout.Token);
+            s.Sender.Shutdown(SocketShutdown.Send);
+        });
+        using var received = new MemoryStream();
+        var buffer = new byte[16 * 1024];
+        var receiving = Task.Run(async () =>
+        {
+            int n;
+            while ((n = await s.Receiver.ReceiveAsync(buffer, timeout.Token)) > 0)
+            {
+                received.Write(buffer, 0, n);
+                await Task.Delay(1, timeout.Token);
+            }
+        });
+        var result = await move.WaitAsync(Hang);
+        await sending;
+        s.Destination.Shutdown(SocketShutdown.Send);
+        await receiving;
+
+        Assert.Equal((SpliceOutcome.SourceFailed, data.LongLength), (result.Outcome, result.Moved));
+        Assert.Equal(Sha256(data), Sha256(received.ToArray()));
+    }
+
+    [Fact]
+    public async Task Closing_the_source_while_the_move_waits_on_the_destination_ends_the_move_at_once()
+    {
+        Assert.True(SplicePipe.IsSupported);
+        using var pipe = SplicePipe.TryCreate();
+        Assert.NotNull(pipe);
+        using var s = await Sockets.OpenAsync();
+        using var stop = new CancellationTokenSource(Hang);
+
+        // The receiver never reads: the move fills every buffer and waits on the destination.
+        var move = MoveAsync(pipe, s, 1024 * MiB, TimeSpan.FromSeconds(30), CancellationToken.None);
+        var sending = SendUntilStoppedAsync(s.Sender, stop.Token);
+        while (SplicePipe.Unacknowledged(s.Destination) < 64 * 1024)
+            await Task.Delay(10, stop.Token);
+        await Task.Delay(300, stop.Token);
+
+        // What the gateway does when the agent's connection is closed under a transfer: the socket is disposed.
+        var clock = Stopwatch.StartNew();
+        s.Source.Dispose(); // waits for the move to let go of the descriptor
+        var disposed = clock.Elapsed;
+        var result = await move.WaitAsync(Hang);
+        await stop.CancelAsync();
+        await sending;
+
+        Assert.Equal(SpliceOutcome.SourceFailed, result.Outcome);
+        Assert.True(disposed < TimeSpan.FromSeconds(2), $"disposing the source took {disposed.TotalMilliseconds:0} ms");
+    }
+
+    [Fact]
     public async Task Destination_peer_leaving_mid_move_is_DestinationFailed_at_once()
     {
         Assert.True(SplicePipe.IsSupported);
@@ -169,30 +236,6 @@ public sealed class SplicePipeTests
             Assert.Equal(0, peer.Available); // idle: not a byte more than was sent
         }
         Assert.Equal(-1, SplicePipe.Unacknowledged(sender));
-    }
-
-    [Theory]
-    [InlineData(8, 0)]
-    [InlineData(8, 300)]
-    [InlineData(1, 300)]
-    public async Task Probe_eof_with_bytes_in_pipe(int mib, int readDelayMs)
-    {
-        var sent = (int)(mib * MiB);
-        var data = Pattern(sent);
-        using var pipe = SplicePipe.TryCreate();
-        Assert.NotNull(pipe);
-        using var s = await Sockets.OpenAsync();
-        using var timeout = new CancellationTokenSource(Hang);
-        var move = MoveAsync(pipe, s, 64 * MiB, TimeSpan.FromSeconds(5), CancellationToken.None);
-        var sending = s.Sender.SendAsync(data, timeout.Token);
-        await Task.Delay(readDelayMs);
-        var receiving = ReceiveToEndAsync(s.Receiver, timeout.Token);
-        await sending;
-        s.Sender.Shutdown(SocketShutdown.Send);
-        var result = await move.WaitAsync(Hang);
-        s.Destination.Shutdown(SocketShutdown.Send);
-        var got = await receiving;
-        Assert.Fail($"outcome {result.Outcome} moved {result.Moved} received {got.Length} sent {sent} elapsed {result.Elapsed.TotalMilliseconds}");
     }
 
     // ---- helpers ----
