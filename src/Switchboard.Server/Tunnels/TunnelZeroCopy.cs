@@ -145,13 +145,12 @@ public sealed partial class TunnelZeroCopy
 
             // Kestrel's socket reader stops reading when its flush makes the pipe's back-pressure count (bytes flushed
             // and not yet examined) reach the pause threshold T, and goes on only when an AdvanceTo brings the count
-            // below the resume threshold T/2. Nothing is consumed until the end, so the count is what a read shows
-            // minus what was examined: known exactly at every read.
+            // below the resume threshold T/2. Here every examined byte is also consumed, so the count is exactly what
+            // a read shows.
             var pause = external.ParkBytes;
-            long examined = 0;
 
-            // 1. Send what arrives and examine all of it, until right after an examination the count is below T/2:
-            //    then the reader is running, and it stops only by reaching T, which a later read will show.
+            // 1. Send what arrives and consume all of it, until right after that the count is below T/2: then the
+            //    reader is running, and it stops only by reaching T, which a later read will show.
             while (true)
             {
                 ReadResult result;
@@ -163,28 +162,21 @@ public sealed partial class TunnelZeroCopy
                 {
                     return "agent_failed";
                 }
-                var buffer = Clamp(result.Buffer, total);
-                await SendAsync(client, buffer.Slice(sent), stall);
-                sent = buffer.Length;
+                var buffer = Clamp(result.Buffer, total - sent);
+                await SendAsync(client, buffer, stall);
+                sent += buffer.Length;
                 record.ResponseBytes = sent;
+                body.AdvanceTo(buffer.End);
                 if (sent == total)
-                {
-                    body.AdvanceTo(buffer.End);
                     return Delivered(external);
-                }
                 if (result.IsCompleted)
-                {
-                    body.AdvanceTo(buffer.End);
                     return "agent_failed";
-                }
-                body.AdvanceTo(buffer.Start, buffer.End);
-                examined = sent;
-                if (Peek(body, total, examined) - examined < pause / 2)
+                if (Peek(body, total - sent) < pause / 2)
                     break;
             }
 
-            // 2. Wait, examining nothing more, until the count reaches T: the reader is then parked and the rest of
-            //    the body is in the agent's socket. Reads that examine nothing return at once, so this polls (1 ms,
+            // 2. Wait, examining nothing, until the count reaches T: the reader is then parked and the rest of the
+            //    body is in the agent's socket. Reads that examine nothing return at once, so this polls (1 ms,
             //    backing off to 16 ms); a fast agent fills the pipe in about a millisecond. A body that arrives whole
             //    before that is sent from the pipe.
             var delay = 1;
@@ -192,14 +184,14 @@ public sealed partial class TunnelZeroCopy
             var lastGrowth = _time.GetTimestamp();
             while (true)
             {
-                var length = Peek(body, total, examined);
-                if (length == total || length - examined >= pause)
+                var length = Peek(body, total - sent);
+                if (length == total - sent || length >= pause)
                 {
                     if (!body.TryRead(out var result))
                         return "agent_failed";
-                    var buffer = Clamp(result.Buffer, total);
-                    await SendAsync(client, buffer.Slice(sent), stall);
-                    sent = buffer.Length;
+                    var buffer = Clamp(result.Buffer, total - sent);
+                    await SendAsync(client, buffer, stall);
+                    sent += buffer.Length;
                     record.ResponseBytes = sent;
                     if (sent == total)
                     {
@@ -207,7 +199,7 @@ public sealed partial class TunnelZeroCopy
                         return Delivered(external);
                     }
                     // Parked: what the pipe holds stays unexamined, so the reader stays parked.
-                    body.AdvanceTo(buffer.Start, buffer.GetPosition(examined));
+                    body.AdvanceTo(buffer.Start, buffer.Start);
                     break;
                 }
                 if (length < 0)
@@ -282,15 +274,14 @@ public sealed partial class TunnelZeroCopy
         }
     }
 
-    // Bytes of the body in the pipe (clamped to its length), without examining more than already examined; -1 when the
-    // upload ended short.
-    private static long Peek(PipeReader body, long total, long examined)
+    // Bytes of the body in the pipe (at most the rest of the body) without examining any; -1 when the upload ended short.
+    private static long Peek(PipeReader body, long rest)
     {
         if (!body.TryRead(out var result))
-            return examined; // nothing new since the last examination
-        var buffer = Clamp(result.Buffer, total);
-        body.AdvanceTo(buffer.Start, buffer.GetPosition(examined));
-        return result.IsCompleted && buffer.Length < total ? -1 : buffer.Length;
+            return 0; // nothing new since the last examination
+        var buffer = Clamp(result.Buffer, rest);
+        body.AdvanceTo(buffer.Start, buffer.Start);
+        return result.IsCompleted && buffer.Length < rest ? -1 : buffer.Length;
     }
 
     private static string Delivered(ExternalBody external)
