@@ -339,7 +339,8 @@ public sealed class TunnelDataPathTests
         return line is null ? 0 : long.Parse(line[(result.Length + 1)..], CultureInfo.InvariantCulture);
     }
 
-    private static async Task WaitForAsync(Func<Task<bool>> condition, string what)
+    /// <summary>Polls <paramref name="condition"/> every 20 ms and fails after 10 s, naming <paramref name="what"/>.</summary>
+    internal static async Task WaitForAsync(Func<Task<bool>> condition, string what)
     {
         var clock = Stopwatch.StartNew();
         while (!await condition())

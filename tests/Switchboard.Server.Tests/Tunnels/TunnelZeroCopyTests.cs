@@ -57,7 +57,7 @@ public sealed partial class TunnelZeroCopyTests
         // The gateway closed the connection (read returned 0) after exactly the announced body.
         Assert.Equal(size, total);
         Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(LocalApp.Pattern(size))), Convert.ToHexStringLower(sha.GetHashAndReset()));
-        await WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
+        await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
     }
 
     [Fact]
@@ -77,7 +77,7 @@ public sealed partial class TunnelZeroCopyTests
             Assert.Equal(size, body.Length);
             Assert.True(LocalApp.Pattern(size).AsSpan().SequenceEqual(body), $"the {size}-byte body differs");
         }));
-        await WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == downloads, $"zero_copy result=\"completed\" {downloads}");
+        await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == downloads, $"zero_copy result=\"completed\" {downloads}");
         Assert.Equal(downloads, h.Agent!.DataPathBodies);
         Assert.Equal(0, h.Agent.DataPathRefusals);
     }
@@ -94,7 +94,7 @@ public sealed partial class TunnelZeroCopyTests
             Assert.NotEqual(true, response.Headers.ConnectionClose);
             Assert.Equal(LocalApp.Pattern(5 * MiB), await response.Content.ReadAsByteArrayAsync());
         }
-        await WaitForAsync(() => Task.FromResult(h.Agent!.DataPathBodies == 2), "the agent to count 2 bodies on the data path");
+        await TunnelDataPathTests.WaitForAsync(() => Task.FromResult(h.Agent!.DataPathBodies == 2), "the agent to count 2 bodies on the data path");
         var metrics = await h.Gateway.Api.GetStringAsync("metrics");
         Assert.Contains("switchboard_tunnels_data_path_total{result=\"delivered\"} 2", metrics, StringComparison.Ordinal);
         Assert.DoesNotContain("switchboard_tunnels_zero_copy_total", metrics, StringComparison.Ordinal);
@@ -130,7 +130,7 @@ public sealed partial class TunnelZeroCopyTests
         Assert.Equal(size, head.Length + rest.Length);
         Assert.True(pattern.AsSpan(0, (int)head.Length).SequenceEqual(head.ToArray()), "the head of the held download differs");
         Assert.True(pattern.AsSpan((int)head.Length).SequenceEqual(rest.ToArray()), "the tail of the held download differs");
-        await WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
+        await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
     }
 
     [Fact]
@@ -150,9 +150,9 @@ public sealed partial class TunnelZeroCopyTests
                 read += await body.ReadAsync(buffer);
         }
         var clock = Stopwatch.StartNew();
-        await WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "client_failed") + await ZeroCopyMetricAsync(h.Gateway, "cancelled") == 1,
+        await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "client_failed") + await ZeroCopyMetricAsync(h.Gateway, "cancelled") == 1,
             "zero_copy result=\"client_failed\" or \"cancelled\" 1");
-        await WaitForAsync(async () => (await h.Gateway.Api.GetStringAsync("metrics")).Contains("switchboard_tunnels_data_path_total{result=\"cut\"} 1", StringComparison.Ordinal),
+        await TunnelDataPathTests.WaitForAsync(async () => (await h.Gateway.Api.GetStringAsync("metrics")).Contains("switchboard_tunnels_data_path_total{result=\"cut\"} 1", StringComparison.Ordinal),
             "data_path result=\"cut\" 1");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"the cut took {clock.Elapsed}");
 
@@ -205,16 +205,5 @@ public sealed partial class TunnelZeroCopyTests
     {
         var match = Regex.Match(await gateway.Api.GetStringAsync("metrics"), $@"(?m)^switchboard_tunnels_zero_copy_total\{{result=""{result}""\}} (\d+)$");
         return match.Success ? long.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
-    }
-
-    private static async Task WaitForAsync(Func<Task<bool>> condition, string what)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!await condition())
-        {
-            if (clock.Elapsed > TimeSpan.FromSeconds(10))
-                Assert.Fail($"timed out waiting for {what}");
-            await Task.Delay(20);
-        }
     }
 }
