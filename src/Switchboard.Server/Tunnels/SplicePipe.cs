@@ -106,20 +106,36 @@ internal sealed unsafe partial class SplicePipe : IDisposable
     public SpliceOutcome Move(Socket source, Socket destination, long count, TimeSpan stall, CancellationToken cancellationToken, out long moved)
     {
         moved = 0;
-        SafeHandle src = source.SafeHandle, dst = destination.SafeHandle;
+        SafeHandle? src = null, dst = null;
         bool srcRef = false, dstRef = false;
         try
         {
-            src.DangerousAddRef(ref srcRef);
-            dst.DangerousAddRef(ref dstRef);
+            try
+            {
+                src = source.SafeHandle;
+                src.DangerousAddRef(ref srcRef);
+            }
+            catch (ObjectDisposedException)
+            {
+                return SpliceOutcome.SourceFailed; // closed before the move started
+            }
+            try
+            {
+                dst = destination.SafeHandle;
+                dst.DangerousAddRef(ref dstRef);
+            }
+            catch (ObjectDisposedException)
+            {
+                return SpliceOutcome.DestinationFailed;
+            }
             return Move((int)src.DangerousGetHandle(), (int)dst.DangerousGetHandle(), count, stall, cancellationToken, ref moved);
         }
         finally
         {
             if (dstRef)
-                dst.DangerousRelease();
+                dst!.DangerousRelease();
             if (srcRef)
-                src.DangerousRelease();
+                src!.DangerousRelease();
         }
     }
 

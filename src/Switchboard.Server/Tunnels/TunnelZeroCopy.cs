@@ -39,6 +39,12 @@ public sealed partial class TunnelZeroCopy
     /// <summary>Nothing moved for this long (a client that stopped reading, an agent that stopped sending): the transfer is cut.</summary>
     public static readonly TimeSpan StallTimeout = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long the gateway waits for the agent to fill Kestrel's input pipe before it sends what has come (a slow agent).</summary>
+    private static readonly TimeSpan ParkWait = TimeSpan.FromMilliseconds(20);
+
+    /// <summary>How long a complete response waits for the client to close the connection before it is closed from here.</summary>
+    private static readonly TimeSpan CloseWait = TimeSpan.FromSeconds(5);
+
     private readonly SemaphoreSlim _slots;
     private readonly bool _enabled;
     private readonly TimeProvider _time;
@@ -71,40 +77,40 @@ public sealed partial class TunnelZeroCopy
     /// </summary>
     internal async Task<bool> TryCopyAsync(HttpContext context, GatewayStream stream, ExternalBody external, TunnelRequestRecord record)
     {
-        if (!_enabled || external.Socket is null || external.ParkBytes <= 0 || PlainSocket(context) is not { } client)
+        var request = context.Request;
+        // Not for responses that may not have a body (Kestrel would refuse one; here nothing would), and not while the
+        // public request may still get a 100 Continue from Kestrel on the same socket.
+        if (!_enabled || external.Socket is null || external.ParkBytes <= 0 || HttpMethods.IsHead(request.Method) ||
+            context.Response.StatusCode is < 200 or 204 or 304 || request.Headers.Expect.Count > 0 || PlainSocket(context) is not { } client)
             return false;
         if (!_slots.Wait(0))
             return false;
-        var used = false;
+        string result;
         try
         {
             using var pipe = SplicePipe.TryCreate();
             if (pipe is null)
                 return false;
-            used = true;
-            var result = await CopyAsync(context, pipe, client, external, record);
+            try
+            {
+                result = await CopyAsync(context, pipe, client, external, record);
+            }
+            catch
+            {
+                external.Finish(delivered: false);
+                context.Abort();
+                throw;
+            }
+        }
+        finally
+        {
+            _slots.Release();
+        }
+        try
+        {
             _bodies.Add(1, new KeyValuePair<string, object?>("result", result));
             if (result == "completed")
-            {
-                // FIN right after the body, from here: this also makes the later close graceful (a socket closed
-                // with a receive pending and no shutdown is reset), then wait for the client to acknowledge it all.
-                try
-                {
-                    client.Shutdown(SocketShutdown.Send);
-                }
-                catch (SocketException)
-                {
-                }
-                await DrainAsync(client, context.RequestAborted);
-                try
-                {
-                    await TunnelForwarder.AwaitEndAsync(context, stream);
-                }
-                catch (TunnelStreamAbortedException ex)
-                {
-                    record.Error = ex.Message;
-                }
-            }
+                await CloseAsync(context, client, stream, record);
             else
             {
                 record.Error = result switch
@@ -120,39 +126,64 @@ public sealed partial class TunnelZeroCopy
         }
         finally
         {
-            _slots.Release();
-            if (used)
-            {
-                external.Finish(delivered: false); // no-op after a delivery; after a cut the data request is cut too
-                // Kestrel wrote nothing of this response and cannot continue the connection: close it. The body is in
-                // the socket's send queue; closing sends it, then FIN (after a cut the client sees a short body).
-                context.Abort();
-            }
+            external.Finish(delivered: false); // no-op after a delivery; after a cut the data request is cut too
+            // Kestrel wrote nothing of this response and cannot continue the connection: it is closed (after a cut
+            // the client sees a short body).
+            context.Abort();
+        }
+    }
+
+    // After a complete body: FIN at once, then wait (bounded) until the client has acknowledged every byte and closed
+    // its side. Kestrel's abort, the only way to end a connection it did not answer, resets it (linger 0), and a reset
+    // may erase what the client has received but not read yet; after the client's own close there is nothing to erase.
+    private async Task CloseAsync(HttpContext context, Socket client, GatewayStream stream, TunnelRequestRecord record)
+    {
+        try
+        {
+            client.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            return; // the client has closed already (Kestrel disposed the socket)
+        }
+        await DrainAsync(client, context.RequestAborted);
+        try
+        {
+            await TunnelForwarder.AwaitEndAsync(context, stream);
+        }
+        catch (TunnelStreamAbortedException ex)
+        {
+            record.Error = ex.Message;
+        }
+        try
+        {
+            await Task.Delay(CloseWait, _time, context.RequestAborted);
+        }
+        catch (OperationCanceledException)
+        {
+            // The client closed: the usual end, since the response said Connection: close.
         }
     }
 
     private async Task<string> CopyAsync(HttpContext context, SplicePipe pipe, Socket client, ExternalBody external, TunnelRequestRecord record)
     {
         var aborted = context.RequestAborted;
-        using var stall = CancellationTokenSource.CreateLinkedTokenSource(aborted);
         var body = external.Reader;
         var total = external.Length;
         long sent = 0;
         try
         {
-            stall.CancelAfter(StallTimeout);
-            await SendAsync(client, ResponseHead(context.Response, _time.GetUtcNow()), stall.Token);
+            await SendAsync(client, ResponseHead(context.Response, _time.GetUtcNow()), aborted);
 
             // Kestrel's socket reader stops reading when its flush makes the pipe's back-pressure count (bytes flushed
             // and not yet examined) reach the pause threshold T, and goes on only when an AdvanceTo brings the count
             // below the resume threshold T/2. Here every examined byte is also consumed, so the count is exactly what
             // a read shows.
             var pause = external.ParkBytes;
-
-            // 1. Send what arrives and consume all of it, until right after that the count is below T/2: then the
-            //    reader is running, and it stops only by reaching T, which a later read will show.
             while (true)
             {
+                // 1. Send what arrives and consume all of it, until right after that the count is below T/2: then the
+                //    reader is running, and it stops only by reaching T, which a later read will show.
                 ReadResult result;
                 try
                 {
@@ -163,7 +194,7 @@ public sealed partial class TunnelZeroCopy
                     return "agent_failed";
                 }
                 var buffer = Clamp(result.Buffer, total - sent);
-                await SendAsync(client, buffer, stall);
+                await SendAsync(client, buffer, aborted);
                 sent += buffer.Length;
                 record.ResponseBytes = sent;
                 body.AdvanceTo(buffer.End);
@@ -171,48 +202,43 @@ public sealed partial class TunnelZeroCopy
                     return Delivered(external);
                 if (result.IsCompleted)
                     return "agent_failed";
-                if (Peek(body, total - sent) < pause / 2)
-                    break;
-            }
+                if (Peek(body, total - sent) >= pause / 2)
+                    continue;
 
-            // 2. Wait, examining nothing, until the count reaches T: the reader is then parked and the rest of the
-            //    body is in the agent's socket. Reads that examine nothing return at once, so this polls (1 ms,
-            //    backing off to 16 ms); a fast agent fills the pipe in about a millisecond. A body that arrives whole
-            //    before that is sent from the pipe.
-            var delay = 1;
-            var lastLength = -1L;
-            var lastGrowth = _time.GetTimestamp();
-            while (true)
-            {
-                var length = Peek(body, total - sent);
-                if (length == total - sent || length >= pause)
+                // 2. Wait, examining nothing, until the count reaches T: the reader is then parked and the rest of the
+                //    body is in the agent's socket. Reads that examine nothing return at once, so this polls (1 ms,
+                //    backing off to 8 ms); a fast agent fills the pipe in about a millisecond. A body that arrives
+                //    whole is sent from the pipe. For a slower agent, what has come is sent as in step 1 after ParkWait.
+                var waited = _time.GetTimestamp();
+                var delay = 1;
+                long length;
+                while (true)
                 {
-                    if (!body.TryRead(out var result))
+                    length = Peek(body, total - sent);
+                    if (length < 0)
                         return "agent_failed";
-                    var buffer = Clamp(result.Buffer, total - sent);
-                    await SendAsync(client, buffer, stall);
-                    sent += buffer.Length;
-                    record.ResponseBytes = sent;
-                    if (sent == total)
-                    {
-                        body.AdvanceTo(buffer.End);
-                        return Delivered(external);
-                    }
-                    // Parked: what the pipe holds stays unexamined, so the reader stays parked.
-                    body.AdvanceTo(buffer.Start, buffer.Start);
-                    break;
+                    if (length == total - sent || length >= pause || _time.GetElapsedTime(waited) > ParkWait)
+                        break;
+                    await Task.Delay(TimeSpan.FromMilliseconds(delay), _time, aborted);
+                    delay = Math.Min(delay * 2, 8);
                 }
-                if (length < 0)
+                if (length != total - sent && length < pause)
+                    continue; // not parked: back to step 1, which sends what has come
+
+                if (!TryRead(body, out result))
                     return "agent_failed";
-                if (length != lastLength)
+                buffer = Clamp(result.Buffer, total - sent);
+                await SendAsync(client, buffer, aborted);
+                sent += buffer.Length;
+                record.ResponseBytes = sent;
+                if (sent == total)
                 {
-                    lastLength = length;
-                    lastGrowth = _time.GetTimestamp();
+                    body.AdvanceTo(buffer.End);
+                    return Delivered(external);
                 }
-                else if (_time.GetElapsedTime(lastGrowth) > StallTimeout)
-                    return "stalled";
-                await Task.Delay(TimeSpan.FromMilliseconds(delay), _time, aborted);
-                delay = Math.Min(delay * 2, 16);
+                // Parked: what the pipe holds stays unexamined, so the reader stays parked.
+                body.AdvanceTo(buffer.Start, buffer.Start);
+                break;
             }
 
             // 3. The rest moves from the agent's socket to the client's in the kernel, on a thread of its own.
@@ -237,9 +263,17 @@ public sealed partial class TunnelZeroCopy
                 _ => "client_failed",
             };
         }
-        catch (OperationCanceledException)
+        catch (AgentReadException)
         {
-            return aborted.IsCancellationRequested ? "cancelled" : "stalled";
+            return "agent_failed";
+        }
+        catch (StalledException)
+        {
+            return "stalled";
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            return "cancelled";
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
@@ -274,15 +308,32 @@ public sealed partial class TunnelZeroCopy
         }
     }
 
-    // Bytes of the body in the pipe (at most the rest of the body) without examining any; -1 when the upload ended short.
+    // Bytes of the body in the pipe (at most the rest of the body) without examining any; -1 when the upload ended
+    // short. A failing read is the agent's (AgentReadException).
     private static long Peek(PipeReader body, long rest)
     {
-        if (!body.TryRead(out var result))
+        if (!TryRead(body, out var result))
             return 0; // nothing new since the last examination
         var buffer = Clamp(result.Buffer, rest);
         body.AdvanceTo(buffer.Start, buffer.Start);
         return result.IsCompleted && buffer.Length < rest ? -1 : buffer.Length;
     }
+
+    private static bool TryRead(PipeReader body, out ReadResult result)
+    {
+        try
+        {
+            return body.TryRead(out result);
+        }
+        catch (Exception ex) when (ex is IOException or BadHttpRequestException or OperationCanceledException)
+        {
+            throw new AgentReadException(ex);
+        }
+    }
+
+    private sealed class AgentReadException(Exception inner) : Exception(inner.Message, inner);
+
+    private sealed class StalledException() : Exception("nothing moved for the stall timeout");
 
     private static string Delivered(ExternalBody external)
     {
@@ -293,20 +344,28 @@ public sealed partial class TunnelZeroCopy
     private static ReadOnlySequence<byte> Clamp(ReadOnlySequence<byte> buffer, long length) =>
         buffer.Length > length ? buffer.Slice(0, length) : buffer;
 
-    private static async ValueTask SendAsync(Socket socket, ReadOnlySequence<byte> bytes, CancellationTokenSource stall)
+    private static async ValueTask SendAsync(Socket socket, ReadOnlySequence<byte> bytes, CancellationToken aborted)
     {
         foreach (var segment in bytes)
-        {
-            stall.CancelAfter(StallTimeout);
-            await SendAsync(socket, segment, stall.Token);
-        }
+            await SendAsync(socket, segment, aborted);
     }
 
-    private static async ValueTask SendAsync(Socket socket, ReadOnlyMemory<byte> bytes, CancellationToken cancellationToken)
+    // Sends all of it; a client that takes nothing for StallTimeout ends the transfer (StalledException).
+    private static async ValueTask SendAsync(Socket socket, ReadOnlyMemory<byte> bytes, CancellationToken aborted)
     {
+        using var stall = CancellationTokenSource.CreateLinkedTokenSource(aborted);
         while (!bytes.IsEmpty)
         {
-            var n = await socket.SendAsync(bytes, SocketFlags.None, cancellationToken);
+            stall.CancelAfter(StallTimeout);
+            int n;
+            try
+            {
+                n = await socket.SendAsync(bytes, SocketFlags.None, stall.Token);
+            }
+            catch (OperationCanceledException) when (!aborted.IsCancellationRequested)
+            {
+                throw new StalledException();
+            }
             bytes = bytes[n..];
         }
     }

@@ -75,6 +75,19 @@ public sealed class LocalApp : IAsyncDisposable
                 sent += n;
             }
         });
+        app.MapGet("/paced", async (HttpContext c, long size, int chunk, int ms) =>
+        {
+            // A slow local server with a known length: chunk bytes of the pattern every ms milliseconds.
+            c.Response.ContentType = "application/octet-stream";
+            c.Response.ContentLength = size;
+            var data = Pattern(size);
+            for (var sent = 0; sent < size; sent += chunk)
+            {
+                await c.Response.Body.WriteAsync(data.AsMemory(sent, (int)Math.Min(chunk, size - sent)), c.RequestAborted);
+                await c.Response.Body.FlushAsync(c.RequestAborted);
+                await Task.Delay(ms, c.RequestAborted);
+            }
+        });
         app.MapPost("/upload", async (HttpContext c) =>
         {
             using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);

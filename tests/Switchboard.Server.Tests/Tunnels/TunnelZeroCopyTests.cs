@@ -54,8 +54,13 @@ public sealed partial class TunnelZeroCopyTests
             sha.AppendData(buffer, 0, n);
             total += n;
         }
-        // The gateway closed the connection (read returned 0) after exactly the announced body.
+        // The gateway closed its side (read returned 0) after exactly the announced body, and did not reset the
+        // connection: it waits for the client to close, so nothing received and not yet read can be erased.
         Assert.Equal(size, total);
+        await Task.Delay(300);
+        Assert.Equal(1, tcp.Client.Send([1]));
+        await Task.Delay(100);
+        Assert.Equal(1, tcp.Client.Send([2]));
         Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(LocalApp.Pattern(size))), Convert.ToHexStringLower(sha.GetHashAndReset()));
         await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
     }
@@ -161,6 +166,35 @@ public sealed partial class TunnelZeroCopyTests
             Assert.Equal(LocalApp.Pattern(3 * MiB), await again.Content.ReadAsByteArrayAsync());
         Assert.Equal(0, Volatile.Read(ref disconnects));
         Assert.Same(h.Ack, agent.Current);
+    }
+
+    [Fact]
+    public async Task Slow_agent_body_reaches_the_client_as_it_comes_and_completes()
+    {
+        await using var h = await TunnelHarness.StartAsync();
+        const long size = 2 * MiB;
+        // 16 KiB every 20 ms: about 800 KB/s, far slower than Kestrel's input pipe fills from a fast agent.
+        using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false }) { BaseAddress = h.Gateway.BaseUri };
+        using var response = await client.GetAsync(h.Path($"/paced?size={size}&chunk=16384&ms=20"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(response.Headers.ConnectionClose); // zero copy
+        var body = await response.Content.ReadAsStreamAsync();
+        var received = new MemoryStream();
+        var buffer = new byte[64 * 1024];
+        var gap = Stopwatch.StartNew();
+        var longest = TimeSpan.Zero;
+        int n;
+        while ((n = await body.ReadAsync(buffer)) > 0)
+        {
+            if (received.Length > 0 && gap.Elapsed > longest)
+                longest = gap.Elapsed;
+            received.Write(buffer, 0, n);
+            gap.Restart();
+        }
+        Assert.Equal(LocalApp.Pattern(size), received.ToArray());
+        // Waiting for 1 MiB to pile up before sending any of it would leave the client without a byte for over a second.
+        Assert.True(longest < TimeSpan.FromMilliseconds(600), $"the client waited {longest.TotalMilliseconds:0} ms for the next bytes");
+        await TunnelDataPathTests.WaitForAsync(async () => await ZeroCopyMetricAsync(h.Gateway, "completed") == 1, "zero_copy result=\"completed\" 1");
     }
 
     [Fact]
