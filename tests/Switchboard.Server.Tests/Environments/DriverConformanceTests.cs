@@ -115,7 +115,9 @@ public abstract class DriverConformanceTests
             var history = await a.ReceiveTypeAsync("batch");
             Assert.False(history.GetProperty("live").GetBoolean());
             EnvTestKit.Collect(history, first);
-            Assert.InRange(first.Count, 20, 25);
+            // The burst of 20 at least; more when the connect came late (a loaded CI machine once took 1.5 s: 37),
+            // but never the whole run, so live lines follow the history.
+            Assert.InRange(first.Count, 20, 79);
             await a.ReadLinesUntilAsync(l => l.Count >= 40, first); // live lines
         }
         var resumeAfter = first[^1].Seq;
