@@ -62,9 +62,6 @@ public sealed partial class TunnelZeroCopy
             "Data-path bodies moved by the kernel from the agent's connection to the public one, by result: completed, agent_failed, client_failed, stalled or cancelled.");
     }
 
-    /// <summary>True when this gateway can use zero copy at all (Linux, enabled).</summary>
-    public bool Enabled => _enabled;
-
     /// <summary>The socket under a plain HTTP/1.1 request, or null (TLS, HTTP/2, another transport).</summary>
     internal static Socket? PlainSocket(HttpContext context) =>
         HttpProtocol.IsHttp11(context.Request.Protocol) && context.Features.Get<ITlsConnectionFeature>() is null

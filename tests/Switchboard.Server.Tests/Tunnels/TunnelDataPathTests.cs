@@ -333,10 +333,14 @@ public sealed class TunnelDataPathTests
     private static List<string> DataPathLines(string metrics) =>
         [.. Regex.Matches(metrics, @"(?m)^switchboard_tunnels_data_path_total\{result=""([^""]+)""\} (\d+)$").Select(m => $"{m.Groups[1].Value} {m.Groups[2].Value}")];
 
-    private static async Task<long> DataPathMetricAsync(TestGateway gateway, string result)
+    private static Task<long> DataPathMetricAsync(TestGateway gateway, string result) =>
+        ResultCountAsync(gateway, "switchboard_tunnels_data_path_total", result);
+
+    /// <summary>The value of <c>COUNTER{result="RESULT"}</c> in the gateway's /metrics, 0 when the series is absent.</summary>
+    internal static async Task<long> ResultCountAsync(TestGateway gateway, string counter, string result)
     {
-        var line = DataPathLines(await gateway.Api.GetStringAsync("metrics")).FirstOrDefault(l => l.StartsWith(result + " ", StringComparison.Ordinal));
-        return line is null ? 0 : long.Parse(line[(result.Length + 1)..], CultureInfo.InvariantCulture);
+        var match = Regex.Match(await gateway.Api.GetStringAsync("metrics"), $@"(?m)^{counter}\{{result=""{Regex.Escape(result)}""\}} (\d+)$");
+        return match.Success ? long.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
     }
 
     /// <summary>Polls <paramref name="condition"/> every 20 ms and fails after 10 s, naming <paramref name="what"/>.</summary>

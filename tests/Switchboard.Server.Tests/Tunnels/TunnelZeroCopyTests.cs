@@ -235,9 +235,6 @@ public sealed partial class TunnelZeroCopyTests
         }
     }
 
-    private static async Task<long> ZeroCopyMetricAsync(TestGateway gateway, string result)
-    {
-        var match = Regex.Match(await gateway.Api.GetStringAsync("metrics"), $@"(?m)^switchboard_tunnels_zero_copy_total\{{result=""{result}""\}} (\d+)$");
-        return match.Success ? long.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
-    }
+    private static Task<long> ZeroCopyMetricAsync(TestGateway gateway, string result) =>
+        TunnelDataPathTests.ResultCountAsync(gateway, "switchboard_tunnels_zero_copy_total", result);
 }
