@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
+using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Text;
 using Switchboard.Protocol.Tunnels;
@@ -199,6 +200,27 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
         var encoded = Convert.ToBase64String(responseHead.Encode(Id));
         if (encoded.Length > TunnelProtocol.MaxDataHeadBytes)
             return false;
+        if (connection.ZeroCopy)
+        {
+            // A request of its own on a socket of its own, so the body's tail can be spliced (docs/tunnels.md, "Zero copy").
+            var raw = new DataPathRequest(uri, connection.DataKey, encoded, length);
+            var status = 0;
+            try
+            {
+                status = await raw.SendAsync(body, TunnelAgent.ConnectTimeout, TunnelAgent.ContinueTimeout, cancellationToken);
+            }
+            catch (Exception ex) when (ex is IOException or SocketException && !cancellationToken.IsCancellationRequested && !raw.Started)
+            {
+                // the gateway could not be reached this way: the WebSocket still works
+            }
+            finally
+            {
+                // A body cut mid-way (the public client or the gateway went away) throws on from here: the stream is
+                // over, the path is fine.
+                connection.CountSpliced(raw.Spliced);
+            }
+            return DataPathEnded(status, raw.Started, raw.Sent, length);
+        }
         var content = new DataPathContent(body, length);
         using var request = new HttpRequestMessage(HttpMethod.Post, uri)
         {
@@ -209,24 +231,32 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
         request.Headers.ExpectContinue = true;
         request.Headers.TryAddWithoutValidation(TunnelProtocol.DataKeyHeader, connection.DataKey);
         request.Headers.TryAddWithoutValidation(TunnelProtocol.DataHeadHeader, encoded);
-        int status;
+        int answered = 0;
         try
         {
             using var answer = await connection.Http.SendAsync(request, cancellationToken);
-            status = (int)answer.StatusCode;
-            if (answer.StatusCode == HttpStatusCode.NoContent && content.Sent == length)
-            {
-                connection.DataPathOutcome(sent: true, status);
-                return true;
-            }
+            answered = (int)answer.StatusCode;
         }
-        catch (Exception ex) when (ex is HttpRequestException or IOException && !cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (ex is HttpRequestException or IOException && !cancellationToken.IsCancellationRequested && !content.Started)
         {
-            if (content.Started)
-                throw; // cut mid-body (the public client or the gateway went away): the stream is over, the path is fine
-            status = 0; // the gateway could not be reached this way (a proxy that drops it): the WebSocket still works
+            // the gateway could not be reached this way (a proxy that drops it): the WebSocket still works; a body cut
+            // mid-way (the public client or the gateway went away) throws on: the stream is over, the path is fine
         }
-        if (content.Started)
+        return DataPathEnded(answered, content.Started, content.Sent, length);
+    }
+
+    /// <summary>
+    /// The outcome of a data-path request that ended with <paramref name="status"/> (0: no answer): true when the body was
+    /// delivered, false when it was refused before it started, and a throw when part of it is gone.
+    /// </summary>
+    private bool DataPathEnded(int status, bool started, long sent, long length)
+    {
+        if (status == (int)HttpStatusCode.NoContent && sent == length)
+        {
+            connection.DataPathOutcome(sent: true, status);
+            return true;
+        }
+        if (started)
         {
             // Part of the body is gone and cannot be sent again: the stream is lost. Not an abort the gateway asked
             // for, so RunAsync tells the gateway (abort frame), which answers the public client with 502 at once.

@@ -26,20 +26,34 @@ public sealed class TunnelAgent : IAsyncDisposable
     public TunnelAgent(TunnelAgentOptions options)
     {
         _options = options;
-        _http = new HttpMessageInvoker(new SocketsHttpHandler
+        var handler = new SocketsHttpHandler
         {
             AllowAutoRedirect = false, // redirects go back to the public client untouched
             AutomaticDecompression = DecompressionMethods.None,
             UseCookies = false,
             UseProxy = false,
-            ConnectTimeout = TimeSpan.FromSeconds(10),
+            ConnectTimeout = ConnectTimeout,
             MaxConnectionsPerServer = int.MaxValue,
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
             // Data-path requests wait for the gateway's 100 Continue before sending the body, so a refusal leaves the
             // body here to go over the WebSocket; the default 1 s would send it to a gateway that is merely slow.
-            Expect100ContinueTimeout = TimeSpan.FromSeconds(10),
-        });
+            Expect100ContinueTimeout = ContinueTimeout,
+        };
+        ZeroCopy = options.ZeroCopy && options.LocalTarget.Scheme == Uri.UriSchemeHttp && DataPathRequest.IsSupported(options.Server);
+        if (ZeroCopy)
+            handler.ConnectCallback = LocalServerStream.ConnectAsync; // local connections that can hand a body's tail over
+        _http = new HttpMessageInvoker(handler);
     }
+
+    internal static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(10);
+
+    internal static readonly TimeSpan ContinueTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// True when data-path bodies go by zero copy (docs/tunnels.md, "Zero copy"): <see cref="TunnelAgentOptions.ZeroCopy"/>
+    /// is on, the system is Linux, and both the local server and the gateway are plain <c>http</c>.
+    /// </summary>
+    public bool ZeroCopy { get; }
 
     /// <summary>Raised after every successful handshake (first connect and reconnects).</summary>
     public event Action<TunnelHelloAck>? Connected;
@@ -161,6 +175,13 @@ public sealed class TunnelAgent : IAsyncDisposable
     public long DataPathRefusals => Interlocked.Read(ref _dataPathRefusals);
 
     internal void CountDataPath(bool sent) => Interlocked.Increment(ref sent ? ref _dataPathBodies : ref _dataPathRefusals);
+
+    private long _splicedBytes;
+
+    /// <summary>Response-body bytes that went from the local server's socket to the gateway's without a copy through the agent.</summary>
+    public long SplicedBytes => Interlocked.Read(ref _splicedBytes);
+
+    internal void CountSpliced(long bytes) => Interlocked.Add(ref _splicedBytes, bytes);
 
     public async ValueTask DisposeAsync()
     {
@@ -457,6 +478,10 @@ internal sealed class AgentConnection(TunnelAgent agent)
     internal void Completed(TunnelRequestCompleted completed) => agent.OnRequestCompleted(completed);
 
     internal HttpMessageInvoker Http => agent.Http;
+
+    internal bool ZeroCopy => agent.ZeroCopy;
+
+    internal void CountSpliced(long bytes) => agent.CountSpliced(bytes);
 
     /// <summary>
     /// Sends one frame; frames of all streams are serialized on the socket. <paramref name="cancellationToken"/> (a

@@ -28,6 +28,13 @@ public sealed class TunnelAgentOptions
     /// <summary>Collect whole responses at the gateway and send them with Content-Length (default: stream).</summary>
     public bool Buffered { get; set; }
 
+    /// <summary>
+    /// On Linux, send large response bodies with <c>splice(2)</c>: the body's bytes go from the local server's socket to
+    /// the gateway's without a copy through the agent (docs/tunnels.md, "Zero copy"). Applies when both the local target
+    /// and the gateway are plain <c>http</c>; otherwise, or when false, bodies are copied.
+    /// </summary>
+    public bool ZeroCopy { get; set; } = true;
+
     /// <summary>The agent pings this often; 15 s keeps NAT mappings alive and detects a dead gateway quickly.</summary>
     public TimeSpan PingInterval { get; set; } = TimeSpan.FromSeconds(15);
 

@@ -13,6 +13,7 @@ using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using Switchboard.Protocol.Tunnels;
 using Switchboard.Server.Diagnostics;
+using Switchboard.Transport;
 
 namespace Switchboard.Server.Tunnels;
 

@@ -25,6 +25,9 @@ public sealed class LocalApp : IAsyncDisposable
     /// <summary>SSE gate: the server produces event i+1 only after the test released it.</summary>
     public SemaphoreSlim SseGate { get; } = new(0);
 
+    /// <summary>/gated gate: the server writes chunk i+1 only after the test released it.</summary>
+    public SemaphoreSlim ChunkGate { get; } = new(0);
+
     /// <summary>Completes when a /hang request was cancelled (the agent cancelled the local request).</summary>
     public TaskCompletionSource HangAborted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -75,18 +78,22 @@ public sealed class LocalApp : IAsyncDisposable
                 sent += n;
             }
         });
-        app.MapGet("/paced", async (HttpContext c, long size, int chunk, int ms) =>
+        app.MapGet("/gated", async (HttpContext c, long size, int chunk, int gated) =>
         {
-            // A slow local server with a known length: chunk bytes of the pattern every ms milliseconds.
+            // A slow local server with a known length: each of the first `gated` chunks of the pattern only after the
+            // test released the previous one (it does so when the chunk reached the public client), then the rest at once.
             c.Response.ContentType = "application/octet-stream";
             c.Response.ContentLength = size;
             var data = Pattern(size);
-            for (var sent = 0; sent < size; sent += chunk)
+            var sent = 0;
+            for (var i = 0; i < gated && sent < size; i++, sent += chunk)
             {
                 await c.Response.Body.WriteAsync(data.AsMemory(sent, (int)Math.Min(chunk, size - sent)), c.RequestAborted);
                 await c.Response.Body.FlushAsync(c.RequestAborted);
-                await Task.Delay(ms, c.RequestAborted);
+                await local.ChunkGate.WaitAsync(c.RequestAborted);
             }
+            if (sent < size)
+                await c.Response.Body.WriteAsync(data.AsMemory(sent), c.RequestAborted);
         });
         app.MapPost("/upload", async (HttpContext c) =>
         {

@@ -1,21 +1,21 @@
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
-namespace Switchboard.Server.Tunnels;
+namespace Switchboard.Transport;
 
 /// <summary>How a <see cref="SplicePipe.Move"/> ended.</summary>
-internal enum SpliceOutcome
+public enum SpliceOutcome
 {
     /// <summary>Every byte was handed to the destination socket.</summary>
     Completed,
 
-    /// <summary>The source ended (EOF) or failed before the count was reached: the agent went away.</summary>
+    /// <summary>The source ended (EOF) or failed before the count was reached: the sender went away.</summary>
     SourceFailed,
 
-    /// <summary>The destination failed: the public client went away.</summary>
+    /// <summary>The destination failed: the receiver went away.</summary>
     DestinationFailed,
 
-    /// <summary>No byte moved for the stall timeout: a client that stopped reading or an agent that stopped sending.</summary>
+    /// <summary>No byte moved for the stall timeout: a receiver that stopped reading or a sender that stopped sending.</summary>
     Stalled,
 
     /// <summary>The caller cancelled.</summary>
@@ -28,7 +28,7 @@ internal enum SpliceOutcome
 /// out, two system calls per up to 1 MiB). <see cref="Move"/> blocks its thread, waiting with <c>poll(2)</c>; callers run
 /// it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously is.
 /// </summary>
-internal sealed unsafe partial class SplicePipe : IDisposable
+public sealed unsafe partial class SplicePipe : IDisposable
 {
     private const int O_NONBLOCK = 0x800;
     private const int O_CLOEXEC = 0x80000;
@@ -147,6 +147,7 @@ internal sealed unsafe partial class SplicePipe : IDisposable
         var stallMs = (long)stall.TotalMilliseconds;
         var fds = stackalloc PollFd[2];
         var sourceFailed = false;
+        var drained = false; // the source had less than asked for: it has nothing more at the moment
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
@@ -154,12 +155,14 @@ internal sealed unsafe partial class SplicePipe : IDisposable
             var waitOut = false;
             if (left > 0 && inPipe < _capacity)
             {
-                var n = splice(src, null, _write, null, (nuint)Math.Min(left, _capacity - inPipe), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                var asked = Math.Min(left, _capacity - inPipe);
+                var n = splice(src, null, _write, null, (nuint)asked, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                 if (n > 0)
                 {
                     left -= n;
                     inPipe += n;
                     progressed = true;
+                    drained = n < asked;
                 }
                 else if (n == 0)
                 {
@@ -170,7 +173,7 @@ internal sealed unsafe partial class SplicePipe : IDisposable
                 {
                     var error = Marshal.GetLastPInvokeError();
                     if (error == EAGAIN)
-                        waitIn = true;
+                        waitIn = drained = true;
                     else if (error != EINTR)
                     {
                         sourceFailed = true;
@@ -180,7 +183,9 @@ internal sealed unsafe partial class SplicePipe : IDisposable
             }
             if (inPipe > 0)
             {
-                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 ? SPLICE_F_MORE : 0));
+                // "More" lets TCP wait for a full segment, so only while the source keeps the pipe full: bytes of a
+                // source that ran dry go out at once (the kernel would hold them up to 200 ms otherwise).
+                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 && !drained ? SPLICE_F_MORE : 0));
                 if (n > 0)
                 {
                     inPipe -= n;
