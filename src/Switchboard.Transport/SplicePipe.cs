@@ -46,6 +46,8 @@ public sealed unsafe partial class SplicePipe : IDisposable
     private const int EAGAIN = 11;
     private const int PollMilliseconds = 250;
     private const nuint SIOCOUTQ = 0x5411;
+    private const int IPPROTO_TCP = 6;
+    private const int TCP_NODELAY = 1;
 
     /// <summary>Pipe capacity asked for: 1 MiB, the default unprivileged maximum (<c>/proc/sys/fs/pipe-max-size</c>).</summary>
     private const int WantedCapacity = 1024 * 1024;
@@ -147,7 +149,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
         var stallMs = (long)stall.TotalMilliseconds;
         var fds = stackalloc PollFd[2];
         var sourceFailed = false;
-        var drained = false; // the source had less than asked for: it has nothing more at the moment
+        var corked = false; // bytes went out with "more" since the last push
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
@@ -162,7 +164,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
                     left -= n;
                     inPipe += n;
                     progressed = true;
-                    drained = n < asked;
                 }
                 else if (n == 0)
                 {
@@ -173,7 +174,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 {
                     var error = Marshal.GetLastPInvokeError();
                     if (error == EAGAIN)
-                        waitIn = drained = true;
+                        waitIn = true;
                     else if (error != EINTR)
                     {
                         sourceFailed = true;
@@ -183,11 +184,12 @@ public sealed unsafe partial class SplicePipe : IDisposable
             }
             if (inPipe > 0)
             {
-                // "More" lets TCP wait for a full segment, so only while the source keeps the pipe full: bytes of a
-                // source that ran dry go out at once (the kernel would hold them up to 200 ms otherwise).
-                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 && !drained ? SPLICE_F_MORE : 0));
+                // "More" lets TCP wait for full segments while the body flows (fewer, larger packets); a wait for the
+                // source below pushes what it holds back.
+                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 ? SPLICE_F_MORE : 0));
                 if (n > 0)
                 {
+                    corked = left > 0;
                     inPipe -= n;
                     moved += n;
                     progressed = true;
@@ -207,6 +209,14 @@ public sealed unsafe partial class SplicePipe : IDisposable
             {
                 lastProgress = Environment.TickCount64;
                 continue;
+            }
+            if (corked && waitIn)
+            {
+                // The source ran dry: the kernel would hold the last partial segment for up to 200 ms waiting for
+                // "more". Setting TCP_NODELAY (already on or not) pushes it out now.
+                var on = 1;
+                setsockopt(dst, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(int));
+                corked = false;
             }
             if (cancellationToken.IsCancellationRequested)
                 return SpliceOutcome.Canceled;
@@ -283,6 +293,9 @@ public sealed unsafe partial class SplicePipe : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int setsockopt(int fd, int level, int name, int* value, int length);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, int* value);

@@ -83,6 +83,7 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
         }
         finally
         {
+            Sent = handoff.Written;
             BodyHandoff.Current = null;
             Spliced = handoff.SplicedBytes;
             ArrayPool<byte>.Shared.Return(buffer);

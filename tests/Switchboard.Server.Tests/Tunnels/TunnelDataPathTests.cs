@@ -21,11 +21,14 @@ public sealed class TunnelDataPathTests
 {
     private const long MiB = 1024 * 1024;
 
-    [Fact]
-    public async Task Large_body_of_known_length_goes_on_the_data_path_byte_exact_and_small_or_chunked_ones_do_not()
+    [Theory]
+    [InlineData(true)] // the agent's own request, tail by splice
+    [InlineData(false)] // HttpClient, copied
+    public async Task Large_body_of_known_length_goes_on_the_data_path_byte_exact_and_small_or_chunked_ones_do_not(bool zeroCopy)
     {
-        await using var h = await TunnelHarness.StartAsync();
+        await using var h = await TunnelHarness.StartAsync(agent: o => o.ZeroCopy = zeroCopy);
         var agent = h.Agent!;
+        Assert.Equal(zeroCopy, agent.ZeroCopy);
         Assert.True(h.Ack!.OffersDataPath);
         Assert.Equal(TunnelProtocol.DataPathPrefix, h.Ack.DataPath);
         Assert.Equal(MiB, h.Ack.DataMinBytes);
@@ -52,6 +55,10 @@ public sealed class TunnelDataPathTests
 
         Assert.Equal(2, agent.DataPathBodies);
         Assert.Equal(0, agent.DataPathRefusals);
+        if (zeroCopy)
+            Assert.InRange(agent.SplicedBytes, 20 * MiB, 21 * MiB - 1); // all but the bytes buffered with each head
+        else
+            Assert.Equal(0, agent.SplicedBytes);
         var metrics = await h.Gateway.Api.GetStringAsync("metrics");
         Assert.Equal(["delivered 2"], DataPathLines(metrics));
     }
@@ -211,13 +218,15 @@ public sealed class TunnelDataPathTests
         Assert.Equal(0, await DataPathMetricAsync(h.Gateway, "delivered"));
     }
 
-    [Fact]
-    public async Task Proxy_refusing_large_request_bodies_costs_three_refusals_then_bodies_go_over_the_websocket()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Proxy_refusing_large_request_bodies_costs_three_refusals_then_bodies_go_over_the_websocket(bool zeroCopy)
     {
         await using var h = await TunnelHarness.StartAsync(connect: false);
         await using var nginx = await StartNginxAsync(h.Gateway.BaseUri.Port);
         var lb = new Uri($"http://127.0.0.1:{nginx.Port}/");
-        var (agent, ack) = await h.StartAgentAsync(o => o.Server = lb); // the agent's WebSocket and data POSTs go through nginx
+        var (agent, ack) = await h.StartAgentAsync(o => (o.Server, o.ZeroCopy) = (lb, zeroCopy)); // the agent's WebSocket and data POSTs go through nginx
         Assert.True(ack.OffersDataPath);
         using var client = new HttpClient(new SocketsHttpHandler { UseProxy = false }) { BaseAddress = lb, Timeout = TimeSpan.FromSeconds(15) };
         for (var i = 1; i <= 5; i++)
@@ -270,15 +279,17 @@ public sealed class TunnelDataPathTests
         await WaitForAsync(async () => await DataPathMetricAsync(h.Gateway, "cut") == 1, "result=\"cut\" 1");
     }
 
-    [Fact]
-    public async Task Body_refused_after_it_started_fails_that_request_with_502_at_once_and_the_agent_stops_using_the_data_path()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Body_refused_after_it_started_fails_that_request_with_502_at_once_and_the_agent_stops_using_the_data_path(bool zeroCopy)
     {
         // nginx sends the data path to a second gateway that has no agent and answers Expect: 100-continue itself, so
         // the agent is already sending the body when the 421 comes: that stream is lost, and must fail fast (not 504).
         await using var h = await TunnelHarness.StartAsync(tunnels: o => o.FirstByteTimeout = TimeSpan.FromSeconds(20), connect: false);
         await using var other = await TestGateway.StartAsync();
         await using var nginx = await StartNginxAsync(h.Gateway.BaseUri.Port, dataUpstreamPort: other.BaseUri.Port);
-        var (agent, ack) = await h.StartAgentAsync(o => o.Server = new Uri($"http://127.0.0.1:{nginx.Port}/"));
+        var (agent, ack) = await h.StartAgentAsync(o => (o.Server, o.ZeroCopy) = (new Uri($"http://127.0.0.1:{nginx.Port}/"), zeroCopy));
         Assert.True(ack.OffersDataPath);
 
         var watch = Stopwatch.StartNew();

@@ -1,0 +1,369 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using Switchboard.Client.Tunnels;
+using Switchboard.Protocol.Tunnels;
+using Switchboard.Transport;
+
+namespace Switchboard.Server.Tests.Tunnels;
+
+/// <summary>
+/// The agent's hand-written data-path request (<see cref="DataPathRequest"/>) against a scripted gateway on a real
+/// loopback socket: the exact request, the <c>100 Continue</c> handshake and its timeout, refusals before the body,
+/// answers that are not HTTP, a gateway that leaves mid-body; and, with a real <see cref="SocketsHttpHandler"/> and
+/// <see cref="LocalServerStream"/>, a body whose tail goes by splice, a local server that ends early mid-splice, and a
+/// local connection that is not reused after a splice.
+/// </summary>
+public sealed class DataPathRequestTests
+{
+    private const long MiB = 1024 * 1024;
+    private const string Key = "k3y";
+    private const string Head = "aGVhZA==";
+    private static readonly TimeSpan Hang = TimeSpan.FromSeconds(15); // only reached when something is broken
+
+    [Fact]
+    public async Task Request_is_plain_HTTP_with_length_expect_key_and_head_and_the_body_follows_100_Continue()
+    {
+        const long length = 300_000;
+        var data = Pattern(length);
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            var body = await ReceiveExactlyAsync(s, length);
+            await s.SendAsync("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"u8.ToArray());
+            return body;
+        });
+        var request = new DataPathRequest(gateway.Uri("/tunnel/data/name/7?x=1"), Key, Head, length);
+
+        var status = await request.SendAsync(new MemoryStream(data), Hang, Hang, CancellationToken.None);
+
+        Assert.Equal(204, status);
+        Assert.Equal((true, length, 0L), (request.Started, request.Sent, request.Spliced));
+        Assert.Equal(data, await gateway.Result);
+        var lines = gateway.Head.Split("\r\n");
+        Assert.Equal("POST /tunnel/data/name/7?x=1 HTTP/1.1", lines[0]);
+        Assert.Equal(
+            [$"Host: 127.0.0.1:{gateway.Port}", $"Content-Length: {length}", "Expect: 100-continue", $"{TunnelProtocol.DataKeyHeader}: {Key}",
+                $"{TunnelProtocol.DataHeadHeader}: {Head}", "Connection: close"],
+            lines[1..]);
+    }
+
+    [Fact]
+    public async Task Refusal_before_the_body_returns_the_status_and_reads_nothing_of_the_body()
+    {
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("HTTP/1.1 409 Conflict\r\nContent-Type: application/problem+json\r\nContent-Length: 2\r\n\r\n{}"u8.ToArray());
+            return [];
+        });
+        var body = new CountingStream(Pattern(2 * MiB));
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 2 * MiB);
+
+        Assert.Equal(409, await request.SendAsync(body, Hang, Hang, CancellationToken.None));
+        Assert.False(request.Started);
+        Assert.Equal(0, body.Reads); // the caller sends the body over the WebSocket instead
+    }
+
+    [Fact]
+    public async Task Without_an_interim_answer_the_body_goes_after_the_wait_and_late_interim_answers_are_skipped()
+    {
+        const long length = 100_000;
+        var data = Pattern(length);
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            var body = await ReceiveExactlyAsync(s, length); // says nothing until the whole body came
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"u8.ToArray());
+            await s.SendAsync("HTTP/1.1 204 No Content\r\n\r\n"u8.ToArray());
+            return body;
+        });
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length);
+
+        var status = await request.SendAsync(new MemoryStream(data), Hang, TimeSpan.FromMilliseconds(200), CancellationToken.None);
+
+        Assert.Equal(204, status);
+        Assert.Equal(data, await gateway.Result);
+    }
+
+    [Fact]
+    public async Task Answer_that_is_not_HTTP_fails_before_the_body()
+    {
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("SSH-2.0-OpenSSH\r\n\r\n"u8.ToArray());
+            return [];
+        });
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, MiB);
+
+        var error = await Assert.ThrowsAsync<IOException>(() => request.SendAsync(new MemoryStream(Pattern(MiB)), Hang, Hang, CancellationToken.None));
+        Assert.Contains("not an HTTP/1.x response", error.Message);
+        Assert.False(request.Started);
+    }
+
+    [Fact]
+    public async Task Gateway_leaving_mid_body_fails_the_request_after_it_started()
+    {
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            await ReceiveExactlyAsync(s, MiB);
+            s.Dispose(); // the gateway goes away with most of the body still to come
+            return [];
+        });
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 64 * MiB);
+
+        var error = await Record.ExceptionAsync(() => request.SendAsync(new MemoryStream(Pattern(64 * MiB)), Hang, Hang, CancellationToken.None).WaitAsync(Hang));
+        Assert.True(error is IOException or SocketException, $"expected the send to fail, got {error?.GetType().Name ?? "success"}");
+        Assert.True(request.Started);
+        Assert.InRange(request.Sent, MiB, 64 * MiB - 1);
+    }
+
+    [Fact]
+    public async Task Tail_of_a_local_response_goes_by_splice_byte_exact_and_the_local_connection_is_not_reused()
+    {
+        Assert.True(SplicePipe.IsSupported, "splice(2) is available on Linux");
+        const long length = 16 * MiB;
+        var data = Pattern(length);
+        await using var local = await LocalServer.StartAsync(data, sendAll: true);
+        using var http = LocalInvoker();
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            var body = await ReceiveExactlyAsync(s, length);
+            await s.SendAsync("HTTP/1.1 204 No Content\r\n\r\n"u8.ToArray());
+            return body;
+        });
+
+        using (var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None))
+        {
+            Assert.Equal(length, response.Content.Headers.ContentLength);
+            var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length);
+            Assert.Equal(204, await request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, CancellationToken.None));
+            Assert.Equal(length, request.Sent);
+            // All but what the handler had buffered with the head, and the last byte, which the handler reads itself.
+            Assert.InRange(request.Spliced, length - 64 * 1024, length - 1);
+        }
+        Assert.Equal(SHA256.HashData(data), SHA256.HashData(await gateway.Result));
+
+        // The handler's count is behind the socket: the next request must get a new connection, and an exact body.
+        using (var again = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None))
+            Assert.Equal(SHA256.HashData(data), SHA256.HashData(await again.Content.ReadAsByteArrayAsync()));
+        Assert.Equal(2, local.Connections);
+    }
+
+    [Fact]
+    public async Task Local_server_ending_mid_splice_fails_the_request_with_what_came_delivered()
+    {
+        const long length = 16 * MiB;
+        var data = Pattern(length);
+        await using var local = await LocalServer.StartAsync(data, sendAll: false); // sends half, then closes
+        using var http = LocalInvoker();
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            return await ReceiveToEndAsync(s);
+        });
+
+        using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length);
+        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, CancellationToken.None);
+        var error = await Record.ExceptionAsync(() => sending.WaitAsync(Hang));
+
+        Assert.True(error is IOException or HttpRequestException, $"expected the body to fail, got {error?.GetType().Name ?? "success"}");
+        Assert.True(request.Started);
+        Assert.Equal(length / 2, request.Sent);
+        // The agent closed its data connection: the gateway sees the end after exactly what came.
+        Assert.Equal(data.AsSpan(0, (int)(length / 2)).ToArray(), await gateway.Result);
+    }
+
+    // ---- helpers ----
+
+    private static HttpMessageInvoker LocalInvoker() => new(new SocketsHttpHandler
+    {
+        UseProxy = false,
+        ConnectCallback = LocalServerStream.ConnectAsync,
+    });
+
+    private static byte[] Pattern(long length)
+    {
+        var data = new byte[length];
+        for (long i = 0; i < length; i++)
+            data[i] = (byte)(i * 31 % 251);
+        return data;
+    }
+
+    private static async Task<byte[]> ReceiveExactlyAsync(Socket socket, long length)
+    {
+        var data = new byte[length];
+        for (var got = 0; got < length;)
+        {
+            var n = await socket.ReceiveAsync(data.AsMemory(got));
+            if (n == 0)
+                throw new IOException($"the connection ended after {got} of {length} bytes");
+            got += n;
+        }
+        return data;
+    }
+
+    private static async Task<byte[]> ReceiveToEndAsync(Socket socket)
+    {
+        using var received = new MemoryStream();
+        var buffer = new byte[256 * 1024];
+        int n;
+        while ((n = await socket.ReceiveAsync(buffer)) > 0)
+            received.Write(buffer, 0, n);
+        return received.ToArray();
+    }
+
+    /// <summary>A stream over a byte array that counts reads.</summary>
+    private sealed class CountingStream(byte[] data) : MemoryStream(data)
+    {
+        public int Reads { get; private set; }
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            Reads++;
+            return base.ReadAsync(buffer, cancellationToken);
+        }
+    }
+
+    /// <summary>One connection's worth of gateway: reads the request head, then runs the script, whose result the test reads.</summary>
+    private sealed class ScriptedGateway : IAsyncDisposable
+    {
+        private readonly TcpListener _listener;
+        private Socket? _client;
+
+        private ScriptedGateway(TcpListener listener, Func<Socket, string, Task<byte[]>> script)
+        {
+            _listener = listener;
+            Result = RunAsync(script);
+        }
+
+        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+        public string Head { get; private set; } = "";
+
+        public Task<byte[]> Result { get; }
+
+        public Uri Uri(string path) => new($"http://127.0.0.1:{Port}{path}");
+
+        public static Task<ScriptedGateway> StartAsync(Func<Socket, string, Task<byte[]>> script)
+        {
+            var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            return Task.FromResult(new ScriptedGateway(listener, script));
+        }
+
+        private async Task<byte[]> RunAsync(Func<Socket, string, Task<byte[]>> script)
+        {
+            _client = await _listener.AcceptSocketAsync().WaitAsync(Hang);
+            // The head, byte by byte so that nothing of the body is taken with it.
+            var head = new List<byte>();
+            var one = new byte[1];
+            while (head.Count < 4 || !head.TakeLast(4).SequenceEqual("\r\n\r\n"u8.ToArray()))
+            {
+                if (await _client.ReceiveAsync(one) == 0)
+                    throw new IOException("the request ended inside its head");
+                head.Add(one[0]);
+            }
+            Head = Encoding.ASCII.GetString(head.ToArray(), 0, head.Count - 4);
+            return await script(_client, Head).WaitAsync(Hang);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _listener.Stop();
+            _client?.Dispose();
+            await Task.WhenAny(Result); // observed
+        }
+    }
+
+    /// <summary>A keep-alive HTTP/1.1 server that answers every request with the same body (or half of it, then closes).</summary>
+    private sealed class LocalServer : IAsyncDisposable
+    {
+        private readonly TcpListener _listener;
+        private readonly byte[] _body;
+        private readonly bool _sendAll;
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Task _accepting;
+        private int _connections;
+
+        private LocalServer(TcpListener listener, byte[] body, bool sendAll)
+        {
+            _listener = listener;
+            _body = body;
+            _sendAll = sendAll;
+            _accepting = AcceptAsync();
+        }
+
+        public Uri Uri => new($"http://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}/file");
+
+        public int Connections => Volatile.Read(ref _connections);
+
+        public static Task<LocalServer> StartAsync(byte[] body, bool sendAll)
+        {
+            var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            return Task.FromResult(new LocalServer(listener, body, sendAll));
+        }
+
+        private async Task AcceptAsync()
+        {
+            var served = new List<Task>();
+            try
+            {
+                while (true)
+                {
+                    var socket = await _listener.AcceptSocketAsync(_stop.Token);
+                    Interlocked.Increment(ref _connections);
+                    served.Add(ServeAsync(socket));
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+            }
+            await Task.WhenAll(served);
+        }
+
+        private async Task ServeAsync(Socket socket)
+        {
+            using (socket)
+            {
+                try
+                {
+                    var buffer = new byte[8192];
+                    var pending = "";
+                    while (true)
+                    {
+                        while (!pending.Contains("\r\n\r\n", StringComparison.Ordinal))
+                        {
+                            var n = await socket.ReceiveAsync(buffer, _stop.Token);
+                            if (n == 0)
+                                return;
+                            pending += Encoding.ASCII.GetString(buffer, 0, n);
+                        }
+                        pending = pending[(pending.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
+                        await socket.SendAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {_body.Length}\r\n\r\n"), _stop.Token);
+                        if (!_sendAll)
+                        {
+                            await socket.SendAsync(_body.AsMemory(0, _body.Length / 2), _stop.Token);
+                            return;
+                        }
+                        await socket.SendAsync(_body, _stop.Token);
+                    }
+                }
+                catch (Exception ex) when (ex is OperationCanceledException or SocketException)
+                {
+                }
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            _listener.Stop();
+            await _accepting;
+            _stop.Dispose();
+        }
+    }
+}
