@@ -36,7 +36,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
     private const int F_GETPIPE_SZ = 1032;
     private const uint SPLICE_F_MOVE = 1;
     private const uint SPLICE_F_NONBLOCK = 2;
-    private const uint SPLICE_F_MORE = 4;
     private const short POLLIN = 0x1;
     private const short POLLOUT = 0x4;
     private const short POLLERR = 0x8;
@@ -46,8 +45,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
     private const int EAGAIN = 11;
     private const int PollMilliseconds = 250;
     private const nuint SIOCOUTQ = 0x5411;
-    private const int IPPROTO_TCP = 6;
-    private const int TCP_NODELAY = 1;
 
     /// <summary>Pipe capacity asked for: 1 MiB, the default unprivileged maximum (<c>/proc/sys/fs/pipe-max-size</c>).</summary>
     private const int WantedCapacity = 1024 * 1024;
@@ -149,7 +146,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
         var stallMs = (long)stall.TotalMilliseconds;
         var fds = stackalloc PollFd[2];
         var sourceFailed = false;
-        var corked = false; // bytes went out with "more" since the last push
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
@@ -184,12 +180,13 @@ public sealed unsafe partial class SplicePipe : IDisposable
             }
             if (inPipe > 0)
             {
-                // "More" lets TCP wait for full segments while the body flows (fewer, larger packets); a wait for the
-                // source below pushes what it holds back.
-                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (left > 0 ? SPLICE_F_MORE : 0));
+                // Without SPLICE_F_MORE: with it the kernel holds a partial segment for up to 200 ms waiting for more,
+                // which a slow source's last bytes would pay every time it runs dry; TCP still appends to the partial
+                // segment at the tail of the queue while the destination is busy, so a fast body still goes out in
+                // full segments.
+                var n = splice(_read, null, dst, null, (nuint)inPipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                 if (n > 0)
                 {
-                    corked = left > 0;
                     inPipe -= n;
                     moved += n;
                     progressed = true;
@@ -209,14 +206,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
             {
                 lastProgress = Environment.TickCount64;
                 continue;
-            }
-            if (corked && waitIn)
-            {
-                // The source ran dry: the kernel would hold the last partial segment for up to 200 ms waiting for
-                // "more". Setting TCP_NODELAY (already on or not) pushes it out now.
-                var on = 1;
-                setsockopt(dst, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(int));
-                corked = false;
             }
             if (cancellationToken.IsCancellationRequested)
                 return SpliceOutcome.Canceled;
@@ -293,9 +282,6 @@ public sealed unsafe partial class SplicePipe : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int setsockopt(int fd, int level, int name, int* value, int length);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, int* value);

@@ -33,9 +33,10 @@ internal static class TunnelCommand
             AllowMultipleArgumentsPerToken = true,
         };
         var buffered = new Option<bool>("--buffered") { Description = "Send whole responses with Content-Length instead of streaming." };
+        var noZeroCopy = new Option<bool>("--no-zero-copy") { Description = "Copy large response bodies instead of splicing them between sockets (Linux; docs/tunnels.md, \"Zero copy\")." };
         var http = new Command("http", "Forward public HTTP (and WebSocket) traffic to a local server.")
         {
-            target, server, token, subdomain, hostHeader, basicAuth, allowCidr, buffered,
+            target, server, token, subdomain, hostHeader, basicAuth, allowCidr, buffered, noZeroCopy,
         };
         http.SetAction(async (parse, cancellationToken) =>
         {
@@ -65,6 +66,7 @@ internal static class TunnelCommand
                 BasicAuth = basic,
                 AllowCidrs = [.. parse.GetValue(allowCidr) ?? []],
                 Buffered = parse.GetValue(buffered),
+                ZeroCopy = !parse.GetValue(noZeroCopy),
             };
             return await RunAsync(options, cancellationToken);
         });

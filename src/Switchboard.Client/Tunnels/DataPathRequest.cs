@@ -126,9 +126,9 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
 
     private byte[] Head()
     {
-        var host = uri.IsDefaultPort ? uri.IdnHost : $"{uri.IdnHost}:{uri.Port.ToString(CultureInfo.InvariantCulture)}";
-        if (uri.HostNameType == UriHostNameType.IPv6 && !host.StartsWith('['))
-            host = uri.Authority;
+        var host = uri.HostNameType == UriHostNameType.Dns ? uri.IdnHost : uri.Host; // an IPv6 literal keeps its brackets
+        if (!uri.IsDefaultPort)
+            host += ":" + uri.Port.ToString(CultureInfo.InvariantCulture);
         var head = new StringBuilder()
             .Append("POST ").Append(uri.PathAndQuery).Append(" HTTP/1.1\r\n")
             .Append("Host: ").Append(host).Append("\r\n")

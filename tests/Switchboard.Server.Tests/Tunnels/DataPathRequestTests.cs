@@ -110,12 +110,12 @@ public sealed class DataPathRequestTests
             s.Dispose(); // the gateway goes away with most of the body still to come
             return [];
         });
-        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 64 * MiB);
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 16 * MiB);
 
-        var error = await Record.ExceptionAsync(() => request.SendAsync(new MemoryStream(Pattern(64 * MiB)), Hang, Hang, CancellationToken.None).WaitAsync(Hang));
+        var error = await Record.ExceptionAsync(() => request.SendAsync(new MemoryStream(Pattern(16 * MiB)), Hang, Hang, CancellationToken.None).WaitAsync(Hang));
         Assert.True(error is IOException or SocketException, $"expected the send to fail, got {error?.GetType().Name ?? "success"}");
         Assert.True(request.Started);
-        Assert.InRange(request.Sent, MiB, 64 * MiB - 1);
+        Assert.InRange(request.Sent, MiB, 16 * MiB - 1);
     }
 
     [Fact]
