@@ -1,9 +1,5 @@
-using System.Diagnostics;
 using System.Net;
-using System.Net.Http.Headers;
 using System.Security.Cryptography;
-using System.Text;
-using System.Text.Json;
 using Switchboard.Server.Tests.Cluster;
 
 namespace Switchboard.Server.Tests.Tunnels;
