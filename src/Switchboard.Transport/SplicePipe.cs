@@ -98,8 +98,9 @@ public sealed unsafe partial class SplicePipe : IDisposable
 
     /// <summary>
     /// Moves exactly <paramref name="count"/> bytes from <paramref name="source"/> to <paramref name="destination"/>.
-    /// Blocks until done, failed, stalled (nothing moved for <paramref name="stall"/>) or cancelled (checked at least
-    /// every 250 ms). <paramref name="moved"/> counts bytes handed to the destination. The sockets stay referenced
+    /// Blocks until done, failed, stalled (nothing moved for <paramref name="stall"/>; <see cref="Timeout.InfiniteTimeSpan"/>
+    /// for no limit) or cancelled (checked at least every 250 ms). A source reset by its peer while the move waits for the
+    /// destination still hands over what it had received. <paramref name="moved"/> counts bytes handed to the destination. The sockets stay referenced
     /// while this runs, so closing them elsewhere cannot hand their descriptor numbers to another connection meanwhile.
     /// </summary>
     public SpliceOutcome Move(Socket source, Socket destination, long count, TimeSpan stall, CancellationToken cancellationToken, out long moved)
@@ -127,7 +128,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
             {
                 return SpliceOutcome.DestinationFailed;
             }
-            return Move((int)src.DangerousGetHandle(), (int)dst.DangerousGetHandle(), count, stall, cancellationToken, ref moved);
+            return Move(source, src, dst, count, stall, cancellationToken, ref moved);
         }
         finally
         {
@@ -138,14 +139,17 @@ public sealed unsafe partial class SplicePipe : IDisposable
         }
     }
 
-    private SpliceOutcome Move(int src, int dst, long count, TimeSpan stall, CancellationToken cancellationToken, ref long moved)
+    private SpliceOutcome Move(Socket sourceSocket, SafeHandle source, SafeHandle destination, long count, TimeSpan stall, CancellationToken cancellationToken, ref long moved)
     {
+        var src = (int)source.DangerousGetHandle();
+        var dst = (int)destination.DangerousGetHandle();
         var left = count;
         long inPipe = 0;
         var lastProgress = Environment.TickCount64;
-        var stallMs = (long)stall.TotalMilliseconds;
+        var stallMs = stall == Timeout.InfiniteTimeSpan ? long.MaxValue : (long)stall.TotalMilliseconds;
         var fds = stackalloc PollFd[2];
         var sourceFailed = false;
+        var sourceHungUp = false; // reset by the peer: what it received is still readable, and splice says when it is not
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
@@ -169,7 +173,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 else
                 {
                     var error = Marshal.GetLastPInvokeError();
-                    if (error == EAGAIN)
+                    if (error == EAGAIN && !sourceHungUp)
                         waitIn = true;
                     else if (error != EINTR)
                     {
@@ -213,18 +217,48 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 return SpliceOutcome.Stalled;
             // Both sockets are always watched: an error or hang-up on the one not waited for (the client left, or the
             // gateway closed the agent's connection, which shuts the socket down) ends the wait at once.
+            // A source that hung up is not watched any more (its hang-up would end every wait at once); the next splice
+            // from it moves what it still holds, then reports its end or error.
             var watched = 1;
             fds[0] = new PollFd { Fd = dst, Events = waitOut ? POLLOUT : (short)0 };
-            if (left > 0)
+            if (left > 0 && !sourceHungUp)
                 fds[watched++] = new PollFd { Fd = src, Events = waitIn ? POLLIN : (short)0 };
             if (poll(fds, (nuint)watched, PollMilliseconds) < 0 && Marshal.GetLastPInvokeError() != EINTR)
                 return SpliceOutcome.DestinationFailed;
             if (!waitOut && fds[0].Revents != 0)
                 return SpliceOutcome.DestinationFailed; // error or hang-up while waiting for the source
             if (watched > 1 && !waitIn && (fds[1].Revents & (POLLERR | POLLHUP | POLLNVAL)) != 0)
-                return SpliceOutcome.SourceFailed; // the rest of the body can no longer arrive
+            {
+                // While waiting for the destination. Its owner disposed the source (and waits for this move to let go
+                // of it): the rest of the body is not wanted. Otherwise the peer reset or closed it, and what it had
+                // received is still readable: drain it.
+                if (IsDisposed(sourceSocket))
+                    return SpliceOutcome.SourceFailed;
+                sourceHungUp = true;
+            }
         }
         return sourceFailed ? SpliceOutcome.SourceFailed : SpliceOutcome.Completed;
+    }
+
+    /// <summary>
+    /// True once <paramref name="socket"/>'s owner disposed it. Its handle reports closed only when the last reference
+    /// goes, and a move holds one, so ask the socket: its members throw once it is disposed.
+    /// </summary>
+    private static bool IsDisposed(Socket socket)
+    {
+        try
+        {
+            _ = socket.Available;
+            return false;
+        }
+        catch (ObjectDisposedException)
+        {
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
     }
 
     /// <summary>

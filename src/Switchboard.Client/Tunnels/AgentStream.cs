@@ -126,7 +126,10 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             await using var body = await response.Content.ReadAsStreamAsync(cancellationToken);
             if (DataPathFor(status, response.Content.Headers.ContentLength) is { } dataUri)
             {
-                var delivered = await SendOnDataPathAsync(dataUri, new TunnelResponseHead(status, headers), body, response.Content.Headers.ContentLength!.Value, cancellationToken);
+                // A response that is chunked as well (against the RFC, but it happens) is decoded by the handler: its
+                // socket holds chunk framing, so its body is copied, never spliced.
+                var delivered = await SendOnDataPathAsync(dataUri, new TunnelResponseHead(status, headers), body, response.Content.Headers.ContentLength!.Value,
+                    splice: response.Headers.TransferEncodingChunked != true, cancellationToken);
                 if (delivered)
                 {
                     await SendTrailersAsync(response, cancellationToken);
@@ -195,7 +198,7 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
     /// when the gateway refused before any of the body was read (<c>Expect: 100-continue</c>): the caller then sends the
     /// head and body over the WebSocket as usual. Throws when the body broke off after it started (the stream is lost).
     /// </summary>
-    private async Task<bool> SendOnDataPathAsync(Uri uri, TunnelResponseHead responseHead, Stream body, long length, CancellationToken cancellationToken)
+    private async Task<bool> SendOnDataPathAsync(Uri uri, TunnelResponseHead responseHead, Stream body, long length, bool splice, CancellationToken cancellationToken)
     {
         var encoded = Convert.ToBase64String(responseHead.Encode(Id));
         if (encoded.Length > TunnelProtocol.MaxDataHeadBytes)
@@ -207,7 +210,7 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
             var status = 0;
             try
             {
-                status = await raw.SendAsync(body, TunnelAgent.ConnectTimeout, TunnelAgent.ContinueTimeout, cancellationToken);
+                status = await raw.SendAsync(body, splice, TunnelAgent.ConnectTimeout, TunnelAgent.ContinueTimeout, cancellationToken);
             }
             catch (Exception ex) when (ex is IOException or SocketException && !cancellationToken.IsCancellationRequested && !raw.Started)
             {

@@ -37,7 +37,14 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
     /// anyway, as <see cref="HttpClient"/> does. Throws <see cref="IOException"/> or <see cref="SocketException"/> when the
     /// connection fails.
     /// </summary>
-    public async Task<int> SendAsync(Stream body, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken)
+    public async Task<int> SendAsync(Stream body, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken) =>
+        await SendAsync(body, splice: true, connectTimeout, continueTimeout, cancellationToken);
+
+    /// <summary>
+    /// As above; <paramref name="splice"/> false copies every byte. Only a body framed by <c>Content-Length</c> alone may
+    /// be spliced: the socket then holds nothing but body bytes.
+    /// </summary>
+    public async Task<int> SendAsync(Stream body, bool splice, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken)
     {
         using var network = await ConnectAsync(connectTimeout, cancellationToken);
         await network.WriteAsync(Head(), cancellationToken);
@@ -64,8 +71,9 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
 
         Started = true;
         var buffer = ArrayPool<byte>.Shared.Rent(BufferBytes);
-        var handoff = new BodyHandoff(buffer, network.Socket, length);
-        BodyHandoff.Current = handoff;
+        var handoff = new BodyHandoff(buffer, network.Socket, length, cancellationToken);
+        if (splice)
+            BodyHandoff.Current = handoff;
         try
         {
             while (Sent < length)
@@ -109,7 +117,9 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
             connect.CancelAfter(timeout);
             try
             {
-                await socket.ConnectAsync(new DnsEndPoint(uri.DnsSafeHost, uri.Port), connect.Token);
+                // Punycode for a name (the resolver does not convert), no brackets for an IPv6 literal.
+                var host = uri.HostNameType == UriHostNameType.Dns ? uri.IdnHost : uri.DnsSafeHost;
+                await socket.ConnectAsync(new DnsEndPoint(host, uri.Port), connect.Token);
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {

@@ -19,8 +19,14 @@ namespace Switchboard.Client.Tunnels;
 /// </summary>
 internal sealed class LocalServerStream(Socket socket) : NetworkStream(socket, ownsSocket: true)
 {
-    /// <summary>Nothing moved for this long cuts a splice: a local server that stopped sending, or a gateway that stopped reading.</summary>
-    internal static readonly TimeSpan SpliceStall = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// Splices running at once in this process, each holding a thread and a pipe of up to 1 MiB (the gateway's
+    /// <c>ZeroCopyTransfers</c> default). Past it, bodies are copied: the kernel's per-user pipe budget would otherwise
+    /// shrink new pipes to a page.
+    /// </summary>
+    internal const int MaxSplices = 64;
+
+    private static readonly SemaphoreSlim Slots = new(MaxSplices, MaxSplices);
 
     private bool _spent;
 
@@ -52,29 +58,46 @@ internal sealed class LocalServerStream(Socket socket) : NetworkStream(socket, o
         return base.ReadAsync(buffer, cancellationToken);
     }
 
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override int Read(Span<byte> buffer) => _spent ? 0 : base.Read(buffer);
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
     private async ValueTask<int> TakeOverAsync(BodyHandoff handoff, Memory<byte> buffer, CancellationToken cancellationToken)
     {
-        using var pipe = SplicePipe.TryCreate();
-        if (pipe is null)
-            return await base.ReadAsync(buffer, cancellationToken); // no pipe to be had (descriptor limit): copy
-        _spent = true;
-        var count = handoff.Remaining - 1;
-        var (outcome, moved) = await Task.Factory.StartNew(() =>
+        if (!Slots.Wait(0, CancellationToken.None))
+            return await base.ReadAsync(buffer, cancellationToken); // every splice slot taken: copy
+        try
         {
-            var result = pipe.Move(Socket, handoff.Destination, count, SpliceStall, cancellationToken, out var bytes);
-            return (result, bytes);
-        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        handoff.Spliced(moved);
-        cancellationToken.ThrowIfCancellationRequested();
-        if (outcome != SpliceOutcome.Completed)
-        {
-            throw new IOException(outcome switch
+            using var pipe = SplicePipe.TryCreate();
+            if (pipe is null)
+                return await base.ReadAsync(buffer, cancellationToken); // no pipe to be had (descriptor limit): copy
+            _spent = true;
+            var count = handoff.Remaining - 1;
+            // The stream's own token: the handler passes none down to its connection's reads, and cancels by disposing
+            // this stream, which waits for the splice thread to let go of the socket.
+            var stream = handoff.CancellationToken;
+            // No stall limit, as for a copied body: a public client may pause a download, and the gateway decides when
+            // to give up on it (its abort cancels this stream).
+            var (outcome, moved) = await Task.Factory.StartNew(() =>
             {
-                SpliceOutcome.SourceFailed => $"the local server's body ended {handoff.Remaining} bytes early",
-                SpliceOutcome.DestinationFailed => "the gateway's data connection closed",
-                SpliceOutcome.Stalled => $"no body byte moved for {SpliceStall.TotalSeconds:0} s",
-                _ => "the splice was cancelled",
-            });
+                var result = pipe.Move(Socket, handoff.Destination, count, Timeout.InfiniteTimeSpan, stream, out var bytes);
+                return (result, bytes);
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            handoff.Spliced(moved);
+            if (outcome != SpliceOutcome.Completed)
+            {
+                stream.ThrowIfCancellationRequested();
+                throw new IOException(outcome == SpliceOutcome.SourceFailed
+                    ? $"the local server's body ended {handoff.Remaining} bytes early"
+                    : "the gateway's data connection closed");
+            }
+        }
+        finally
+        {
+            Slots.Release();
         }
         return await base.ReadAsync(buffer[..1], cancellationToken);
     }
@@ -85,7 +108,7 @@ internal sealed class LocalServerStream(Socket socket) : NetworkStream(socket, o
 /// sender around its reads, so that the <see cref="LocalServerStream"/> serving that response recognises the read and
 /// knows where the rest of the body goes.
 /// </summary>
-internal sealed class BodyHandoff(byte[] buffer, Socket destination, long length)
+internal sealed class BodyHandoff(byte[] buffer, Socket destination, long length, CancellationToken cancellationToken)
 {
     /// <summary>Below this many bytes left a splice is not worth a pipe and a thread.</summary>
     private const int MinSpliceBytes = 64 * 1024;
@@ -99,6 +122,9 @@ internal sealed class BodyHandoff(byte[] buffer, Socket destination, long length
     }
 
     public Socket Destination => destination;
+
+    /// <summary>The stream's token: cancels a splice under way.</summary>
+    public CancellationToken CancellationToken => cancellationToken;
 
     /// <summary>Bytes of the body already handed to <see cref="Destination"/>, by the sender's writes and by splices.</summary>
     public long Written { get; private set; }

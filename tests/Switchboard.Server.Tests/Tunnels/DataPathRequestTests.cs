@@ -124,7 +124,7 @@ public sealed class DataPathRequestTests
         Assert.True(SplicePipe.IsSupported, "splice(2) is available on Linux");
         const long length = 16 * MiB;
         var data = Pattern(length);
-        await using var local = await LocalServer.StartAsync(data, sendAll: true);
+        await using var local = await LocalServer.StartAsync(data, LocalMode.Whole);
         using var http = LocalInvoker();
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
         {
@@ -156,7 +156,7 @@ public sealed class DataPathRequestTests
     {
         const long length = 16 * MiB;
         var data = Pattern(length);
-        await using var local = await LocalServer.StartAsync(data, sendAll: false); // sends half, then closes
+        await using var local = await LocalServer.StartAsync(data, LocalMode.Half); // sends half, then closes
         using var http = LocalInvoker();
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
         {
@@ -174,6 +174,62 @@ public sealed class DataPathRequestTests
         Assert.Equal(length / 2, request.Sent);
         // The agent closed its data connection: the gateway sees the end after exactly what came.
         Assert.Equal(data.AsSpan(0, (int)(length / 2)).ToArray(), await gateway.Result);
+    }
+
+    [Fact]
+    public async Task Response_chunked_and_with_a_length_reaches_the_public_client_exact_and_is_copied_not_spliced()
+    {
+        // The handler decodes such a response as chunked (Transfer-Encoding wins) and reads large chunks straight into
+        // the caller's buffer; a splice would pass the chunk framing on as body.
+        const long length = 4 * MiB;
+        var data = Pattern(length);
+        await using var local = await LocalServer.StartAsync(data, LocalMode.ChunkedWithLength);
+        await using var h = await TunnelHarness.StartAsync(agent: o => o.LocalTarget = new Uri(local.Uri.GetLeftPart(UriPartial.Authority)));
+        Assert.True(h.Agent!.ZeroCopy);
+
+        using var response = await h.Client.GetAsync(h.Path("/file"));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(length, response.Content.Headers.ContentLength);
+        Assert.Equal(SHA256.HashData(data), SHA256.HashData(await response.Content.ReadAsByteArrayAsync()));
+        await TunnelDataPathTests.WaitForAsync(() => Task.FromResult(h.Agent.DataPathBodies == 1), "the agent to count the body on the data path");
+        Assert.Equal(0, h.Agent.SplicedBytes);
+    }
+
+    [Fact]
+    public async Task Cancelling_mid_splice_ends_the_request_at_once_while_the_gateway_is_not_reading()
+    {
+        // Far more than the pipe and the socket queues hold: the splice waits on the gateway with the rest still coming.
+        // The handler cancels by disposing the local connection, which waits for the splice to let go of its socket:
+        // the splice sees the stream's token, or the disposal, within 250 ms. (A rest small enough to sit whole in
+        // the pipe leaves only the token; how much the queues take depends on the kernel's buffer tuning, so that case
+        // is not pinned down here.)
+        const long length = 16 * MiB;
+        await using var local = await LocalServer.StartAsync(Pattern(length), LocalMode.Whole);
+        using var http = LocalInvoker();
+        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            s.ReceiveBufferSize = 4096;
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            await reading.Task; // reads nothing: the splice waits on a full send queue with the pipe full behind it
+            return [];
+        });
+        using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
+        using var cancel = new CancellationTokenSource();
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length);
+        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, cancel.Token);
+        await TunnelDataPathTests.WaitForAsync(async () => { await Task.Delay(50); return request.Started; }, "the body to start");
+        await Task.Delay(500); // the splice is now blocked on the gateway
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await Task.Run(cancel.Cancel); // the handler disposes the connection in here, which waits for the splice to let go
+        var cancelled = clock.Elapsed;
+        var error = await Record.ExceptionAsync(() => sending.WaitAsync(Hang));
+        reading.SetResult();
+
+        Assert.True(cancelled < TimeSpan.FromSeconds(3), $"Cancel() took {cancelled}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"the request ended {clock.Elapsed} after the cancel");
+        Assert.True(error is OperationCanceledException or IOException or HttpRequestException, $"expected the request to fail, got {error?.GetType().Name ?? "success"}");
     }
 
     // ---- helpers ----
@@ -278,21 +334,33 @@ public sealed class DataPathRequestTests
         }
     }
 
-    /// <summary>A keep-alive HTTP/1.1 server that answers every request with the same body (or half of it, then closes).</summary>
+    private enum LocalMode
+    {
+        /// <summary>The whole body, keep-alive.</summary>
+        Whole,
+
+        /// <summary>Half of the body, then the connection closes.</summary>
+        Half,
+
+        /// <summary><c>Content-Length</c> and <c>Transfer-Encoding: chunked</c> (against the RFC), in 1 MiB chunks.</summary>
+        ChunkedWithLength,
+    }
+
+    /// <summary>A keep-alive HTTP/1.1 server that answers every request with the same body, as <see cref="LocalMode"/> says.</summary>
     private sealed class LocalServer : IAsyncDisposable
     {
         private readonly TcpListener _listener;
         private readonly byte[] _body;
-        private readonly bool _sendAll;
+        private readonly LocalMode _mode;
         private readonly CancellationTokenSource _stop = new();
         private readonly Task _accepting;
         private int _connections;
 
-        private LocalServer(TcpListener listener, byte[] body, bool sendAll)
+        private LocalServer(TcpListener listener, byte[] body, LocalMode mode)
         {
             _listener = listener;
             _body = body;
-            _sendAll = sendAll;
+            _mode = mode;
             _accepting = AcceptAsync();
         }
 
@@ -300,11 +368,11 @@ public sealed class DataPathRequestTests
 
         public int Connections => Volatile.Read(ref _connections);
 
-        public static Task<LocalServer> StartAsync(byte[] body, bool sendAll)
+        public static Task<LocalServer> StartAsync(byte[] body, LocalMode mode)
         {
             var listener = new TcpListener(IPAddress.Loopback, 0);
             listener.Start();
-            return Task.FromResult(new LocalServer(listener, body, sendAll));
+            return Task.FromResult(new LocalServer(listener, body, mode));
         }
 
         private async Task AcceptAsync()
@@ -343,13 +411,27 @@ public sealed class DataPathRequestTests
                             pending += Encoding.ASCII.GetString(buffer, 0, n);
                         }
                         pending = pending[(pending.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
-                        await socket.SendAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {_body.Length}\r\n\r\n"), _stop.Token);
-                        if (!_sendAll)
+                        var chunked = _mode == LocalMode.ChunkedWithLength ? "Transfer-Encoding: chunked\r\n" : "";
+                        await socket.SendAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {_body.Length}\r\n{chunked}\r\n"), _stop.Token);
+                        switch (_mode)
                         {
-                            await socket.SendAsync(_body.AsMemory(0, _body.Length / 2), _stop.Token);
-                            return;
+                            case LocalMode.Half:
+                                await socket.SendAsync(_body.AsMemory(0, _body.Length / 2), _stop.Token);
+                                return;
+                            case LocalMode.ChunkedWithLength:
+                                for (var offset = 0; offset < _body.Length; offset += (int)MiB)
+                                {
+                                    var size = Math.Min((int)MiB, _body.Length - offset);
+                                    await socket.SendAsync(Encoding.ASCII.GetBytes($"{size:x}\r\n"), _stop.Token);
+                                    await socket.SendAsync(_body.AsMemory(offset, size), _stop.Token);
+                                    await socket.SendAsync("\r\n"u8.ToArray(), _stop.Token);
+                                }
+                                await socket.SendAsync("0\r\n\r\n"u8.ToArray(), _stop.Token);
+                                break;
+                            default:
+                                await socket.SendAsync(_body, _stop.Token);
+                                break;
                         }
-                        await socket.SendAsync(_body, _stop.Token);
                     }
                 }
                 catch (Exception ex) when (ex is OperationCanceledException or SocketException)

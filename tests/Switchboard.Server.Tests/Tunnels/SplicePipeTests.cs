@@ -74,6 +74,35 @@ public sealed class SplicePipeTests
     }
 
     [Fact]
+    public async Task Source_reset_while_the_destination_is_blocked_still_hands_over_everything_it_had_received()
+    {
+        // The sender writes the whole body and resets (linger 0) once its kernel saw every byte acknowledged, while the
+        // move waits on a receiver that does not read. Linux keeps what the source received readable after the reset.
+        const int count = 1536 * 1024;
+        var data = Pattern(count);
+        using var pipe = NewPipe();
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+
+        s.Destination.SendBufferSize = 64 * 1024; // small queues after the pipe, so the move waits on the receiver
+        s.Receiver.ReceiveBufferSize = 64 * 1024;
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(8), CancellationToken.None);
+        Assert.Equal(count, await s.Sender.SendAsync(data, timeout.Token));
+        while (SplicePipe.Unacknowledged(s.Sender) != 0)
+            await Task.Delay(5, timeout.Token);
+        s.Sender.LingerState = new LingerOption(true, 0);
+        s.Sender.Close(); // RST
+        await Task.Delay(300, timeout.Token); // the move sees the reset while it waits for the receiver
+        Assert.False(move.IsCompleted, "the move ended before the receiver read");
+
+        var received = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        var result = await move.WaitAsync(Hang);
+        Assert.Equal((SpliceOutcome.Completed, (long)count), (result.Outcome, result.Moved));
+        s.Destination.Shutdown(SocketShutdown.Send);
+        Assert.Equal(Sha256(data), Sha256(await received));
+    }
+
+    [Fact]
     public async Task Source_ending_before_the_count_is_SourceFailed_after_every_byte_that_arrived_was_handed_over()
     {
         const int sent = 100 * 1024;
