@@ -82,6 +82,41 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
         await serving;
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Large_downloads_are_byte_exact_with_and_without_zero_copy(bool noZeroCopy)
+    {
+        var port = FreePort();
+        using var local = new HttpListener();
+        local.Prefixes.Add($"http://127.0.0.1:{port}/");
+        local.Start();
+        var serving = ServeAsync(local);
+
+        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
+        var url = await serve.WaitForListeningUrlAsync();
+        var (code, token, error) = await CliProcess.RunAsync(WorkDir, null, "tokens", "create", "--kind", "agent");
+        Assert.True(code == 0, error);
+        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token.Trim(), "--subdomain", "big",
+            .. noZeroCopy ? new[] { "--no-zero-copy" } : []];
+        await using (var agent = CliProcess.StartAgent(WorkDir, null, agentArgs))
+        {
+            await agent.WaitForOutputAsync("/t/big/", TimeSpan.FromSeconds(30));
+            using var http = new HttpClient();
+            // Over the data path's 1 MiB minimum, three times on the same tunnel: with zero copy each one retires its
+            // local connection, and the next must open a new one.
+            foreach (var size in new[] { 8 * 1024 * 1024, 3 * 1024 * 1024 + 17, 2 * 1024 * 1024 })
+            {
+                var body = await http.GetByteArrayAsync($"{url}/t/big/big?size={size}");
+                Assert.Equal(Big(size), body);
+            }
+            Assert.Equal(0, await agent.StopAsync());
+            Assert.DoesNotContain("Unhandled", agent.Stderr, StringComparison.Ordinal);
+        }
+        local.Stop();
+        await serving;
+    }
+
     [Fact]
     public async Task Standalone_agent_refuses_a_bad_token_and_a_bad_target_clearly()
     {
@@ -103,7 +138,15 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
         Assert.DoesNotMatch(@"(?m)^\s+(serve|token|tokens|publish|env)\s", help);
     }
 
-    // Answers "METHOD /path?query" plus the request body.
+    private static byte[] Big(int size)
+    {
+        var data = new byte[size];
+        for (var i = 0; i < size; i++)
+            data[i] = (byte)(i * 31 % 251);
+        return data;
+    }
+
+    // Answers "METHOD /path?query" plus the request body; /big?size=N answers N bytes of a pattern with Content-Length.
     private static async Task ServeAsync(HttpListener listener)
     {
         while (listener.IsListening)
@@ -116,6 +159,15 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
             catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or InvalidOperationException)
             {
                 return;
+            }
+            if (context.Request.Url!.AbsolutePath == "/big")
+            {
+                var big = Big(int.Parse(context.Request.QueryString["size"]!, System.Globalization.CultureInfo.InvariantCulture));
+                context.Response.ContentType = "application/octet-stream";
+                context.Response.ContentLength64 = big.Length;
+                await context.Response.OutputStream.WriteAsync(big);
+                context.Response.Close();
+                continue;
             }
             using var reader = new StreamReader(context.Request.InputStream);
             var body = await reader.ReadToEndAsync();
