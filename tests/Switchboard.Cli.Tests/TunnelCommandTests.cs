@@ -19,19 +19,11 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
     [InlineData(true)]
     public async Task Tunnel_forwards_from_the_printed_url_and_stops_with_the_agent(bool standaloneAgent)
     {
-        var port = FreePort();
-        using var local = new HttpListener();
-        local.Prefixes.Add($"http://127.0.0.1:{port}/");
-        local.Start();
-        var serving = ServeAsync(local);
-
-        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
-        var url = await serve.WaitForListeningUrlAsync();
-        var (code, token, error) = await CliProcess.RunAsync(WorkDir, null, "tokens", "create", "--kind", "agent");
-        Assert.True(code == 0, error);
+        await using var setup = await Setup.StartAsync(WorkDir);
+        var (port, url, token) = (setup.Port, setup.Url, setup.Token);
 
         string publicUrl;
-        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token.Trim(), "--subdomain", "cli-test"];
+        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token, "--subdomain", "cli-test"];
         await using (var agent = standaloneAgent ? CliProcess.StartAgent(WorkDir, null, agentArgs) : CliProcess.Start(WorkDir, null, agentArgs))
         {
             var printed = await agent.WaitForOutputAsync("/t/cli-test/", TimeSpan.FromSeconds(30));
@@ -78,8 +70,6 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
             File.ReadAllText(Path.Combine(WorkDir, "data", "api-key")).Trim());
         var metrics = await after.GetStringAsync(url + "/metrics");
         Assert.Contains("switchboard_connections_closed_total{endpoint=\"tunnel\",code=\"1000\"} 1", metrics, StringComparison.Ordinal);
-        local.Stop();
-        await serving;
     }
 
     [Theory]
@@ -87,17 +77,9 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
     [InlineData(true)]
     public async Task Large_downloads_are_byte_exact_with_and_without_zero_copy(bool noZeroCopy)
     {
-        var port = FreePort();
-        using var local = new HttpListener();
-        local.Prefixes.Add($"http://127.0.0.1:{port}/");
-        local.Start();
-        var serving = ServeAsync(local);
-
-        await using var serve = CliProcess.Start(WorkDir, null, "serve", "--urls", "http://127.0.0.1:0");
-        var url = await serve.WaitForListeningUrlAsync();
-        var (code, token, error) = await CliProcess.RunAsync(WorkDir, null, "tokens", "create", "--kind", "agent");
-        Assert.True(code == 0, error);
-        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token.Trim(), "--subdomain", "big",
+        await using var setup = await Setup.StartAsync(WorkDir);
+        var (port, url, token) = (setup.Port, setup.Url, setup.Token);
+        string[] agentArgs = ["tunnel", "http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--server", url, "--token", token, "--subdomain", "big",
             .. noZeroCopy ? new[] { "--no-zero-copy" } : []];
         await using (var agent = CliProcess.StartAgent(WorkDir, null, agentArgs))
         {
@@ -113,8 +95,6 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
             Assert.Equal(0, await agent.StopAsync());
             Assert.DoesNotContain("Unhandled", agent.Stderr, StringComparison.Ordinal);
         }
-        local.Stop();
-        await serving;
     }
 
     [Fact]
@@ -136,6 +116,48 @@ public sealed partial class TunnelCommandTests : CliWorkingDirectory
         Assert.Equal(0, helpCode);
         Assert.Matches(@"(?m)^\s+tunnel\s+Expose a local server", help);
         Assert.DoesNotMatch(@"(?m)^\s+(serve|token|tokens|publish|env)\s", help);
+    }
+
+    /// <summary>A local HTTP server (<see cref="ServeAsync"/>), <c>switchboard serve</c> and an agent token for it.</summary>
+    private sealed class Setup : IAsyncDisposable
+    {
+        private readonly HttpListener _local;
+        private readonly Task _serving;
+        private readonly CliProcess _serve;
+
+        private Setup(HttpListener local, Task serving, CliProcess serve, int port, string url, string token)
+        {
+            (_local, _serving, _serve) = (local, serving, serve);
+            (Port, Url, Token) = (port, url, token);
+        }
+
+        public int Port { get; }
+
+        public string Url { get; }
+
+        public string Token { get; }
+
+        public static async Task<Setup> StartAsync(string workDir)
+        {
+            var port = FreePort();
+            var local = new HttpListener();
+            local.Prefixes.Add($"http://127.0.0.1:{port}/");
+            local.Start();
+            var serving = ServeAsync(local);
+            var serve = CliProcess.Start(workDir, null, "serve", "--urls", "http://127.0.0.1:0");
+            var url = await serve.WaitForListeningUrlAsync();
+            var (code, token, error) = await CliProcess.RunAsync(workDir, null, "tokens", "create", "--kind", "agent");
+            Assert.True(code == 0, error);
+            return new Setup(local, serving, serve, port, url, token.Trim());
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _local.Stop();
+            await _serving;
+            ((IDisposable)_local).Dispose();
+            await _serve.DisposeAsync();
+        }
     }
 
     private static byte[] Big(int size)
