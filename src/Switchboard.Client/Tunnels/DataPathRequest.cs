@@ -31,6 +31,9 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
     /// <summary>Bytes of the body that went by splice, without a copy through this process.</summary>
     public long Spliced { get; private set; }
 
+    /// <summary>The connection's send buffer size, when set (tests: a small queue behind the pipe); default: the kernel's.</summary>
+    internal int? SendBufferSize { get; init; }
+
     /// <summary>
     /// Sends the request and returns the gateway's final status: a refusal before the body (the body is then untouched),
     /// or the answer after it. Waits <paramref name="continueTimeout"/> for <c>100 Continue</c>, then sends the body
@@ -111,6 +114,8 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
             ? new Socket(SocketType.Stream, ProtocolType.Tcp)
             : new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         socket.NoDelay = true;
+        if (SendBufferSize is { } size)
+            socket.SendBufferSize = size;
         try
         {
             using var connect = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);

@@ -232,6 +232,40 @@ public sealed class DataPathRequestTests
         Assert.True(error is OperationCanceledException or IOException or HttpRequestException, $"expected the request to fail, got {error?.GetType().Name ?? "success"}");
     }
 
+    [Fact]
+    public async Task Cancelling_while_the_whole_rest_of_the_body_waits_in_the_pipe_ends_the_request_at_once()
+    {
+        // The case where only the stream's own token can end the splice: nothing more is to come from the local server
+        // (all of the rest is in the pipe), and the gateway reads nothing. Small queues after the pipe make it so.
+        const long length = MiB;
+        await using var local = await LocalServer.StartAsync(Pattern(length), LocalMode.Whole);
+        using var http = LocalInvoker();
+        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            s.ReceiveBufferSize = 4096;
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            await reading.Task;
+            return [];
+        });
+        using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
+        using var cancel = new CancellationTokenSource();
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length) { SendBufferSize = 16 * 1024 };
+        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, cancel.Token);
+        await TunnelDataPathTests.WaitForAsync(async () => { await Task.Delay(50); return request.Started; }, "the body to start");
+        await Task.Delay(500);
+        Assert.False(sending.IsCompleted, "the whole body went out: the gateway's queues took it");
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await Task.Run(cancel.Cancel).WaitAsync(Hang);
+        var cancelled = clock.Elapsed;
+        var error = await Record.ExceptionAsync(() => sending.WaitAsync(Hang));
+        reading.SetResult();
+
+        Assert.True(cancelled < TimeSpan.FromSeconds(3), $"Cancel() took {cancelled}");
+        Assert.True(error is OperationCanceledException or IOException or HttpRequestException, $"expected the request to fail, got {error?.GetType().Name ?? "success"}");
+    }
+
     // ---- helpers ----
 
     private static HttpMessageInvoker LocalInvoker() => new(new SocketsHttpHandler
