@@ -206,11 +206,11 @@ internal sealed class AgentStream(AgentConnection connection, uint id, TunnelReq
         if (connection.ZeroCopy)
         {
             // A request of its own on a socket of its own, so the body's tail can be spliced (docs/tunnels.md, "Zero copy").
-            var raw = new DataPathRequest(uri, connection.DataKey, encoded, length);
+            var raw = new DataPathRequest(uri, connection.DataKey, encoded, length) { Splice = splice };
             var status = 0;
             try
             {
-                status = await raw.SendAsync(body, splice, TunnelAgent.ConnectTimeout, TunnelAgent.ContinueTimeout, cancellationToken);
+                status = await raw.SendAsync(body, TunnelAgent.ConnectTimeout, TunnelAgent.ContinueTimeout, cancellationToken);
             }
             catch (Exception ex) when (ex is IOException or SocketException && !cancellationToken.IsCancellationRequested && !raw.Started)
             {

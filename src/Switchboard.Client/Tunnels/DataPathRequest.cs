@@ -23,13 +23,22 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
     /// <summary>True where this request can be used for <paramref name="server"/>.</summary>
     public static bool IsSupported(Uri server) => SplicePipe.IsSupported && server.Scheme == Uri.UriSchemeHttp;
 
-    /// <summary>The body started to go out: from here a failure loses the stream (no fallback).</summary>
-    public bool Started { get; private set; }
+    private BodyHandoff? _handoff;
 
-    public long Sent { get; private set; }
+    /// <summary>The body started to go out: from here a failure loses the stream (no fallback).</summary>
+    public bool Started => _handoff is not null;
+
+    /// <summary>Bytes of the body handed to the gateway's connection, written or spliced.</summary>
+    public long Sent => _handoff?.Written ?? 0;
 
     /// <summary>Bytes of the body that went by splice, without a copy through this process.</summary>
-    public long Spliced { get; private set; }
+    public long Spliced => _handoff?.SplicedBytes ?? 0;
+
+    /// <summary>
+    /// False copies every byte. Only a body framed by <c>Content-Length</c> alone may be spliced: the socket then holds
+    /// nothing but body bytes.
+    /// </summary>
+    public bool Splice { get; init; } = true;
 
     /// <summary>The connection's send buffer size, when set (tests: a small queue behind the pipe); default: the kernel's.</summary>
     internal int? SendBufferSize { get; init; }
@@ -40,14 +49,7 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
     /// anyway, as <see cref="HttpClient"/> does. Throws <see cref="IOException"/> or <see cref="SocketException"/> when the
     /// connection fails.
     /// </summary>
-    public async Task<int> SendAsync(Stream body, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken) =>
-        await SendAsync(body, splice: true, connectTimeout, continueTimeout, cancellationToken);
-
-    /// <summary>
-    /// As above; <paramref name="splice"/> false copies every byte. Only a body framed by <c>Content-Length</c> alone may
-    /// be spliced: the socket then holds nothing but body bytes.
-    /// </summary>
-    public async Task<int> SendAsync(Stream body, bool splice, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken)
+    public async Task<int> SendAsync(Stream body, TimeSpan connectTimeout, TimeSpan continueTimeout, CancellationToken cancellationToken)
     {
         using var network = await ConnectAsync(connectTimeout, cancellationToken);
         await network.WriteAsync(Head(), cancellationToken);
@@ -72,31 +74,26 @@ internal sealed class DataPathRequest(Uri uri, string key, string encodedHead, l
             }
         }
 
-        Started = true;
         var buffer = ArrayPool<byte>.Shared.Rent(BufferBytes);
-        var handoff = new BodyHandoff(buffer, network.Socket, length, cancellationToken);
-        if (splice)
+        var handoff = _handoff = new BodyHandoff(buffer, network.Socket, length, cancellationToken);
+        if (Splice)
             BodyHandoff.Current = handoff;
         try
         {
-            while (Sent < length)
+            while (handoff.Remaining > 0)
             {
-                var want = (int)Math.Min(buffer.Length, length - Sent);
+                var want = (int)Math.Min(buffer.Length, handoff.Remaining);
                 handoff.Requested = want;
-                var read = await body.ReadAsync(buffer.AsMemory(0, want), cancellationToken);
-                Sent = handoff.Written; // a splice during that read moved these straight to the gateway
+                var read = await body.ReadAsync(buffer.AsMemory(0, want), cancellationToken); // a splice may move most of the rest in here
                 if (read == 0)
-                    throw new IOException($"the local server's body ended after {Sent} of {length} bytes");
+                    throw new IOException($"the local server's body ended after {handoff.Written} of {length} bytes");
                 await network.WriteAsync(buffer.AsMemory(0, read), cancellationToken);
                 handoff.Wrote(read);
-                Sent = handoff.Written;
             }
         }
         finally
         {
-            Sent = handoff.Written;
             BodyHandoff.Current = null;
-            Spliced = handoff.SplicedBytes;
             ArrayPool<byte>.Shared.Return(buffer);
         }
         // After the body the gateway answers when the public client has received all of it: no timeout but the stream's.

@@ -26,7 +26,7 @@ public sealed class DataPathRequestTests
     public async Task Request_is_plain_HTTP_with_length_expect_key_and_head_and_the_body_follows_100_Continue()
     {
         const long length = 300_000;
-        var data = Pattern(length);
+        var data = LocalApp.Pattern(length);
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
         {
             await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
@@ -57,7 +57,7 @@ public sealed class DataPathRequestTests
             await s.SendAsync("HTTP/1.1 409 Conflict\r\nContent-Type: application/problem+json\r\nContent-Length: 2\r\n\r\n{}"u8.ToArray());
             return [];
         });
-        var body = new CountingStream(Pattern(2 * MiB));
+        var body = new CountingStream(LocalApp.Pattern(2 * MiB));
         var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 2 * MiB);
 
         Assert.Equal(409, await request.SendAsync(body, Hang, Hang, CancellationToken.None));
@@ -69,7 +69,7 @@ public sealed class DataPathRequestTests
     public async Task Without_an_interim_answer_the_body_goes_after_the_wait_and_late_interim_answers_are_skipped()
     {
         const long length = 100_000;
-        var data = Pattern(length);
+        var data = LocalApp.Pattern(length);
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
         {
             var body = await ReceiveExactlyAsync(s, length); // says nothing until the whole body came
@@ -95,7 +95,7 @@ public sealed class DataPathRequestTests
         });
         var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, MiB);
 
-        var error = await Assert.ThrowsAsync<IOException>(() => request.SendAsync(new MemoryStream(Pattern(MiB)), Hang, Hang, CancellationToken.None));
+        var error = await Assert.ThrowsAsync<IOException>(() => request.SendAsync(new MemoryStream(LocalApp.Pattern(MiB)), Hang, Hang, CancellationToken.None));
         Assert.Contains("not an HTTP/1.x response", error.Message);
         Assert.False(request.Started);
     }
@@ -112,7 +112,7 @@ public sealed class DataPathRequestTests
         });
         var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, 16 * MiB);
 
-        var error = await Record.ExceptionAsync(() => request.SendAsync(new MemoryStream(Pattern(16 * MiB)), Hang, Hang, CancellationToken.None).WaitAsync(Hang));
+        var error = await Record.ExceptionAsync(() => request.SendAsync(new MemoryStream(LocalApp.Pattern(16 * MiB)), Hang, Hang, CancellationToken.None).WaitAsync(Hang));
         Assert.True(error is IOException or SocketException, $"expected the send to fail, got {error?.GetType().Name ?? "success"}");
         Assert.True(request.Started);
         Assert.InRange(request.Sent, MiB, 16 * MiB - 1);
@@ -123,7 +123,7 @@ public sealed class DataPathRequestTests
     {
         Assert.True(SplicePipe.IsSupported, "splice(2) is available on Linux");
         const long length = 16 * MiB;
-        var data = Pattern(length);
+        var data = LocalApp.Pattern(length);
         await using var local = await LocalServer.StartAsync(data, LocalMode.Whole);
         using var http = LocalInvoker();
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
@@ -155,7 +155,7 @@ public sealed class DataPathRequestTests
     public async Task Local_server_ending_mid_splice_fails_the_request_with_what_came_delivered()
     {
         const long length = 16 * MiB;
-        var data = Pattern(length);
+        var data = LocalApp.Pattern(length);
         await using var local = await LocalServer.StartAsync(data, LocalMode.Half); // sends half, then closes
         using var http = LocalInvoker();
         await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
@@ -182,7 +182,7 @@ public sealed class DataPathRequestTests
         // The handler decodes such a response as chunked (Transfer-Encoding wins) and reads large chunks straight into
         // the caller's buffer; a splice would pass the chunk framing on as body.
         const long length = 4 * MiB;
-        var data = Pattern(length);
+        var data = LocalApp.Pattern(length);
         await using var local = await LocalServer.StartAsync(data, LocalMode.ChunkedWithLength);
         await using var h = await TunnelHarness.StartAsync(agent: o => o.LocalTarget = new Uri(local.Uri.GetLeftPart(UriPartial.Authority)));
         Assert.True(h.Agent!.ZeroCopy);
@@ -200,32 +200,15 @@ public sealed class DataPathRequestTests
     {
         // Far more than the pipe and the socket queues hold: the splice waits on the gateway with the rest still coming.
         // The handler cancels by disposing the local connection, which waits for the splice to let go of its socket:
-        // the splice sees the stream's token, or the disposal, within 250 ms. (A rest small enough to sit whole in
-        // the pipe leaves only the token; how much the queues take depends on the kernel's buffer tuning, so that case
-        // is not pinned down here.)
+        // the splice sees the stream's token, or the disposal, within 250 ms. (A rest that sits whole in the pipe
+        // leaves only the token: the next test.)
         const long length = 16 * MiB;
-        await using var local = await LocalServer.StartAsync(Pattern(length), LocalMode.Whole);
-        using var http = LocalInvoker();
-        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
-        {
-            s.ReceiveBufferSize = 4096;
-            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
-            await reading.Task; // reads nothing: the splice waits on a full send queue with the pipe full behind it
-            return [];
-        });
-        using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
-        using var cancel = new CancellationTokenSource();
-        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length);
-        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, cancel.Token);
-        await TunnelDataPathTests.WaitForAsync(async () => { await Task.Delay(50); return request.Started; }, "the body to start");
-        await Task.Delay(500); // the splice is now blocked on the gateway
+        await using var stuck = await StuckSpliceAsync(length, sendBufferSize: null);
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        await Task.Run(cancel.Cancel); // the handler disposes the connection in here, which waits for the splice to let go
+        await Task.Run(stuck.Cancel.Cancel); // the handler disposes the connection in here, which waits for the splice to let go
         var cancelled = clock.Elapsed;
-        var error = await Record.ExceptionAsync(() => sending.WaitAsync(Hang));
-        reading.SetResult();
+        var error = await Record.ExceptionAsync(() => stuck.Sending.WaitAsync(Hang));
 
         Assert.True(cancelled < TimeSpan.FromSeconds(3), $"Cancel() took {cancelled}");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"the request ended {clock.Elapsed} after the cancel");
@@ -238,29 +221,13 @@ public sealed class DataPathRequestTests
         // The case where only the stream's own token can end the splice: nothing more is to come from the local server
         // (all of the rest is in the pipe), and the gateway reads nothing. Small queues after the pipe make it so.
         const long length = MiB;
-        await using var local = await LocalServer.StartAsync(Pattern(length), LocalMode.Whole);
-        using var http = LocalInvoker();
-        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
-        {
-            s.ReceiveBufferSize = 4096;
-            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
-            await reading.Task;
-            return [];
-        });
-        using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
-        using var cancel = new CancellationTokenSource();
-        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length) { SendBufferSize = 16 * 1024 };
-        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, cancel.Token);
-        await TunnelDataPathTests.WaitForAsync(async () => { await Task.Delay(50); return request.Started; }, "the body to start");
-        await Task.Delay(500);
-        Assert.False(sending.IsCompleted, "the whole body went out: the gateway's queues took it");
+        await using var stuck = await StuckSpliceAsync(length, sendBufferSize: 16 * 1024);
+        Assert.False(stuck.Sending.IsCompleted, "the whole body went out: the gateway's queues took it");
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        await Task.Run(cancel.Cancel).WaitAsync(Hang);
+        await Task.Run(stuck.Cancel.Cancel).WaitAsync(Hang);
         var cancelled = clock.Elapsed;
-        var error = await Record.ExceptionAsync(() => sending.WaitAsync(Hang));
-        reading.SetResult();
+        var error = await Record.ExceptionAsync(() => stuck.Sending.WaitAsync(Hang));
 
         Assert.True(cancelled < TimeSpan.FromSeconds(3), $"Cancel() took {cancelled}");
         Assert.True(error is OperationCanceledException or IOException or HttpRequestException, $"expected the request to fail, got {error?.GetType().Name ?? "success"}");
@@ -268,19 +235,50 @@ public sealed class DataPathRequestTests
 
     // ---- helpers ----
 
+    /// <summary>
+    /// A data request of <paramref name="length"/> bytes from a real local response, started (its splice under way) and
+    /// stuck: the gateway said <c>100 Continue</c>, took a 4 KiB receive buffer and reads nothing until disposal.
+    /// </summary>
+    private static async Task<StuckSplice> StuckSpliceAsync(long length, int? sendBufferSize)
+    {
+        var local = await LocalServer.StartAsync(LocalApp.Pattern(length), LocalMode.Whole);
+        var http = LocalInvoker();
+        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var gateway = await ScriptedGateway.StartAsync(async (s, head) =>
+        {
+            s.ReceiveBufferSize = 4096;
+            await s.SendAsync("HTTP/1.1 100 Continue\r\n\r\n"u8.ToArray());
+            await reading.Task; // reads nothing: the splice waits on a full send queue with the pipe full behind it
+            return [];
+        });
+        var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, local.Uri), CancellationToken.None);
+        var cancel = new CancellationTokenSource();
+        var request = new DataPathRequest(gateway.Uri("/d/n/1"), Key, Head, length) { SendBufferSize = sendBufferSize };
+        var sending = request.SendAsync(await response.Content.ReadAsStreamAsync(), Hang, Hang, cancel.Token);
+        await TunnelDataPathTests.WaitForAsync(async () => { await Task.Delay(50); return request.Started; }, "the body to start");
+        await Task.Delay(500); // the splice is now blocked on the gateway
+        return new StuckSplice(local, http, gateway, reading, response, cancel, sending);
+    }
+
+    private sealed record StuckSplice(LocalServer Local, HttpMessageInvoker Http, ScriptedGateway Gateway, TaskCompletionSource Reading,
+        HttpResponseMessage Response, CancellationTokenSource Cancel, Task<int> Sending) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            Reading.TrySetResult();
+            Cancel.Dispose();
+            Response.Dispose();
+            await Gateway.DisposeAsync();
+            Http.Dispose();
+            await Local.DisposeAsync();
+        }
+    }
+
     private static HttpMessageInvoker LocalInvoker() => new(new SocketsHttpHandler
     {
         UseProxy = false,
         ConnectCallback = LocalServerStream.ConnectAsync,
     });
-
-    private static byte[] Pattern(long length)
-    {
-        var data = new byte[length];
-        for (long i = 0; i < length; i++)
-            data[i] = (byte)(i * 31 % 251);
-        return data;
-    }
 
     private static async Task<byte[]> ReceiveExactlyAsync(Socket socket, long length)
     {
