@@ -26,7 +26,9 @@ public enum SpliceOutcome
 /// A Linux pipe used to move bytes from one socket to another with <c>splice(2)</c>: the kernel moves pages from the
 /// source's receive queue to the destination's send queue, and the bytes never enter user space (no copy in, no copy
 /// out, two system calls per up to 1 MiB). <see cref="Move"/> blocks its thread, waiting with <c>poll(2)</c>; callers run
-/// it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously is.
+/// it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously is. While a
+/// move of <see cref="MuteFrom"/> bytes or more runs, the .NET socket engine is not woken by the source's arrivals
+/// (<see cref="EpollMute"/>).
 /// </summary>
 public sealed unsafe partial class SplicePipe : IDisposable
 {
@@ -48,6 +50,12 @@ public sealed unsafe partial class SplicePipe : IDisposable
 
     /// <summary>Pipe capacity asked for: 1 MiB, the default unprivileged maximum (<c>/proc/sys/fs/pipe-max-size</c>).</summary>
     private const int WantedCapacity = 1024 * 1024;
+
+    /// <summary>
+    /// Moves of at least this many bytes mute the .NET socket engine's epoll registration of the source for their length
+    /// (<see cref="EpollMute"/>), looking it up with a budget of count / 512 bytes.
+    /// </summary>
+    internal const long MuteFrom = 4 * 1024 * 1024;
 
     private readonly int _read;
     private readonly int _write;
@@ -128,7 +136,18 @@ public sealed unsafe partial class SplicePipe : IDisposable
             {
                 return SpliceOutcome.DestinationFailed;
             }
-            return Move(source, src, dst, count, stall, cancellationToken, ref moved);
+            var fd = (int)src.DangerousGetHandle();
+            EpollMute.Registration registration = default;
+            var muted = count >= MuteFrom && EpollMute.TryMute(fd, count / 512, out registration);
+            try
+            {
+                return Move(source, src, dst, count, stall, cancellationToken, ref moved);
+            }
+            finally
+            {
+                if (muted)
+                    EpollMute.Restore(fd, registration);
+            }
         }
         finally
         {

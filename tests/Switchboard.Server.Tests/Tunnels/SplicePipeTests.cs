@@ -10,7 +10,8 @@ namespace Switchboard.Server.Tests.Tunnels;
 /// <see cref="SplicePipe"/> on real loopback TCP connections (sender → source, destination → receiver, with source and
 /// destination non-blocking as the gateway hands them over): <c>Move</c> hands exactly the count over byte-exact and
 /// never reads past it, reports an agent that ends early, a client that leaves, a stall and a cancellation with the
-/// right outcome, byte count and timing, and <c>Unacknowledged</c> reads the send queue and answers -1 once closed.
+/// right outcome, byte count and timing, mutes the .NET socket engine's epoll registration of the source during a long
+/// move and puts it back exactly, and <c>Unacknowledged</c> reads the send queue and answers -1 once closed.
 /// </summary>
 public sealed class SplicePipeTests
 {
@@ -100,6 +101,88 @@ public sealed class SplicePipeTests
         Assert.Equal((SpliceOutcome.Completed, (long)count), (result.Outcome, result.Moved));
         s.Destination.Shutdown(SocketShutdown.Send);
         Assert.Equal(Sha256(data), Sha256(await received));
+    }
+
+    [Fact]
+    public async Task A_long_move_mutes_the_engines_epoll_registration_of_its_source_and_puts_it_back_exactly()
+    {
+        // The source has waited on an asynchronous receive, as Kestrel's and the agent's sockets have: .NET's engine has
+        // it registered. During a move of MuteFrom bytes or more the registration reports errors and hang-ups only; after
+        // it, the mask and the engine's key are what they were, and an asynchronous receive on the source completes again
+        // (with the registration left muted it would wait forever).
+        var count = 4 * SplicePipe.MuteFrom;
+        var data = Pattern(count + 1);
+        using var pipe = NewPipe();
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+        await RegisterWithEngineAsync(s, timeout.Token);
+        var fd = (int)s.Source.Handle;
+        Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var before), "the engine has no epoll registration of the source");
+        Assert.NotEqual(0u, before.Events & 0x1); // EPOLLIN
+
+        s.Destination.SendBufferSize = 64 * 1024; // small queues after the pipe, so the move waits on the receiver
+        s.Receiver.ReceiveBufferSize = 64 * 1024;
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(8), CancellationToken.None);
+        var sending = s.Sender.SendAsync(data.AsMemory(0, (int)count), timeout.Token).AsTask();
+        EpollMute.Registration during;
+        while (true) // the move has started once the mask changes; it cannot end before the receiver reads
+        {
+            Assert.True(EpollMute.TryFind(fd, long.MaxValue, out during));
+            if (during.Events != before.Events || move.IsCompleted)
+                break;
+            await Task.Delay(5, timeout.Token);
+        }
+        Assert.False(move.IsCompleted, "the move ended before the receiver read");
+        Assert.Equal(before with { Events = EpollMute.MutedEvents }, during);
+
+        var received = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        var result = await move.WaitAsync(Hang);
+        await sending;
+        Assert.Equal((SpliceOutcome.Completed, count), (result.Outcome, result.Moved));
+        Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var after));
+        Assert.Equal(before, after);
+        s.Destination.Shutdown(SocketShutdown.Send);
+        Assert.Equal(Sha256(data.AsSpan(0, (int)count)), Sha256(await received));
+
+        var buffer = new byte[16];
+        var receiving = s.Source.ReceiveAsync(buffer, timeout.Token).AsTask();
+        await Task.Delay(50, timeout.Token);
+        Assert.False(receiving.IsCompleted); // waiting on the engine, not completed from what was already there
+        await s.Sender.SendAsync(data.AsMemory((int)count), timeout.Token);
+        Assert.Equal(1, await receiving.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(data[count], buffer[0]);
+    }
+
+    [Fact]
+    public async Task A_short_move_or_a_lookup_over_budget_leaves_the_engines_registration_alone()
+    {
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+        await RegisterWithEngineAsync(s, timeout.Token);
+        var fd = (int)s.Source.Handle;
+        Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var before));
+        Assert.False(EpollMute.TryMute(fd, 40, out _), "found within 40 bytes: less than one line of fdinfo");
+        Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var unchanged));
+        Assert.Equal(before, unchanged);
+        Assert.False(EpollMute.TryFind((int)s.Destination.Handle, long.MaxValue, out _), "an accepted socket not used asynchronously yet is not registered");
+
+        // A move below MuteFrom, waiting on a receiver that does not read: the mask stays as it was throughout.
+        using var pipe = NewPipe();
+        const int count = 2 * 1024 * 1024;
+        Assert.True(count < SplicePipe.MuteFrom);
+        s.Destination.SendBufferSize = 64 * 1024;
+        s.Receiver.ReceiveBufferSize = 64 * 1024;
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(8), CancellationToken.None);
+        var sending = s.Sender.SendAsync(Pattern(count), timeout.Token).AsTask();
+        await Task.Delay(300, timeout.Token);
+        Assert.False(move.IsCompleted);
+        Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var during));
+        Assert.Equal(before, during);
+        var received = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        Assert.Equal(SpliceOutcome.Completed, (await move.WaitAsync(Hang)).Outcome);
+        await sending;
+        s.Destination.Shutdown(SocketShutdown.Send);
+        Assert.Equal(count, (await received).Length);
     }
 
     [Fact]
@@ -303,6 +386,19 @@ public sealed class SplicePipeTests
             var outcome = pipe.Move(s.Source, s.Destination, count, stall, cancellationToken, out var moved);
             return new MoveResult(outcome, moved, clock.Elapsed);
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    /// <summary>
+    /// Makes .NET's socket engine register the source, as Kestrel's reads and the agent's do: a receive that has to wait,
+    /// then one byte. The byte is consumed, so the source holds nothing before the move.
+    /// </summary>
+    private static async Task RegisterWithEngineAsync(Sockets s, CancellationToken cancellationToken)
+    {
+        var one = new byte[1];
+        var receiving = s.Source.ReceiveAsync(one, cancellationToken).AsTask();
+        await Task.Delay(20, cancellationToken);
+        await s.Sender.SendAsync(new byte[] { 42 }, cancellationToken);
+        Assert.Equal(1, await receiving.WaitAsync(Hang, cancellationToken));
+    }
 
     /// <summary><paramref name="length"/> bytes that do not repeat (seeded, so the same every run).</summary>
     private static byte[] Pattern(long length)
