@@ -25,8 +25,10 @@ public enum SpliceOutcome
 /// <summary>
 /// A Linux pipe used to move bytes from one socket to another with <c>splice(2)</c>: the kernel moves pages from the
 /// source's receive queue to the destination's send queue, and the bytes never enter user space (no copy in, no copy
-/// out, two system calls per up to 1 MiB). <see cref="Move"/> blocks its thread, waiting with <c>poll(2)</c>; callers run
-/// it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously is. While a
+/// out, two system calls per up to 1 MiB). <see cref="Move"/> blocks its thread, waiting for the source inside the splice
+/// (the source is made blocking, with a receive timeout, for the move) and for the destination with <c>poll(2)</c>;
+/// callers run it on a dedicated thread. Both sockets must be non-blocking, as every .NET socket used asynchronously
+/// is, and the source's owner must have no operation on it during the move. While a
 /// move of <see cref="MuteFrom"/> bytes or more runs, the .NET socket engine is not woken by the source's arrivals
 /// (<see cref="EpollMute"/>).
 /// </summary>
@@ -34,7 +36,11 @@ public sealed unsafe partial class SplicePipe : IDisposable
 {
     private const int O_NONBLOCK = 0x800;
     private const int O_CLOEXEC = 0x80000;
+    private const int F_GETFL = 3;
+    private const int F_SETFL = 4;
     private const int F_SETPIPE_SZ = 1031;
+    private const int SOL_SOCKET = 1;
+    private const int SO_RCVTIMEO = 20;
     private const int F_GETPIPE_SZ = 1032;
     private const uint SPLICE_F_MOVE = 1;
     private const uint SPLICE_F_NONBLOCK = 2;
@@ -139,12 +145,15 @@ public sealed unsafe partial class SplicePipe : IDisposable
             var fd = (int)src.DangerousGetHandle();
             EpollMute.Registration registration = default;
             var muted = count >= MuteFrom && EpollMute.TryMute(fd, count / 512, out registration);
+            var waits = TryWaitInKernel(fd, out var flags, out var timeout);
             try
             {
-                return Move(source, src, dst, count, stall, cancellationToken, ref moved);
+                return Move(source, src, dst, count, stall, waits, cancellationToken, ref moved);
             }
             finally
             {
+                if (waits)
+                    StopWaitingInKernel(fd, flags, timeout);
                 if (muted)
                     EpollMute.Restore(fd, registration);
             }
@@ -158,7 +167,49 @@ public sealed unsafe partial class SplicePipe : IDisposable
         }
     }
 
-    private SpliceOutcome Move(Socket sourceSocket, SafeHandle source, SafeHandle destination, long count, TimeSpan stall, CancellationToken cancellationToken, ref long moved)
+    /// <summary>
+    /// Makes reads of <paramref name="fd"/> wait in the kernel, at most a poll interval (blocking, with that receive
+    /// timeout), for the length of a move; false, with nothing changed, when that fails. The owner of the socket has no
+    /// operation on it meanwhile: Kestrel's reader is parked on its full input pipe, and the agent's HTTP handler sends
+    /// the whole request before it reads the response and is inside this read. Disposing the socket still ends a
+    /// waiting splice at once: .NET disconnects a socket closed while in use.
+    /// </summary>
+    private static bool TryWaitInKernel(int fd, out int flags, out TimeVal timeout)
+    {
+        timeout = default;
+        flags = fcntl(fd, F_GETFL, 0);
+        if (flags < 0)
+            return false;
+        TimeVal saved;
+        var length = sizeof(TimeVal);
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &saved, &length) != 0)
+            return false;
+        timeout = saved;
+        var wait = new TimeVal { Seconds = 0, Microseconds = PollMilliseconds * 1000 };
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(TimeVal)) != 0)
+            return false;
+        if ((flags & O_NONBLOCK) != 0 && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        {
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &saved, sizeof(TimeVal));
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>The descriptor's file status flags (<c>F_GETFL</c>), for tests: -1 on failure.</summary>
+    internal static int FileStatusFlags(int fd) => fcntl(fd, F_GETFL, 0);
+
+    private static void StopWaitingInKernel(int fd, int flags, TimeVal timeout)
+    {
+        fcntl(fd, F_SETFL, flags);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(TimeVal));
+    }
+
+    // With sourceWaits, the source is blocking with a receive timeout of one poll interval: a splice from it waits in
+    // the kernel until bytes come and then takes what keeps coming, up to the count asked (tcp_splice_read goes on
+    // while data arrives). It is made only when the pipe is empty, so no byte waits in the pipe while it blocks. Measured
+    // with two bare relays in C: 0.23 s of CPU per GiB against 0.40 s for non-blocking splices with poll(2) between.
+    private SpliceOutcome Move(Socket sourceSocket, SafeHandle source, SafeHandle destination, long count, TimeSpan stall, bool sourceWaits, CancellationToken cancellationToken, ref long moved)
     {
         var src = (int)source.DangerousGetHandle();
         var dst = (int)destination.DangerousGetHandle();
@@ -169,14 +220,16 @@ public sealed unsafe partial class SplicePipe : IDisposable
         var fds = stackalloc PollFd[2];
         var sourceFailed = false;
         var sourceHungUp = false; // reset by the peer: what it received is still readable, and splice says when it is not
+        long readStarted = 0;
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
             var waitIn = false;
             var waitOut = false;
-            if (left > 0 && inPipe < _capacity)
+            if (left > 0 && (sourceWaits ? inPipe == 0 : inPipe < _capacity))
             {
                 var asked = Math.Min(left, _capacity - inPipe);
+                readStarted = Environment.TickCount64;
                 var n = splice(src, null, _write, null, (nuint)asked, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                 if (n > 0)
                 {
@@ -234,6 +287,15 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 return SpliceOutcome.Canceled;
             if (Environment.TickCount64 - lastProgress > stallMs)
                 return SpliceOutcome.Stalled;
+            if (waitIn && sourceWaits && Environment.TickCount64 - readStarted >= PollMilliseconds / 2)
+            {
+                // The splice waited a poll interval for the source in the kernel. Did the destination fail meanwhile (an
+                // error or hang-up: the client left)?
+                fds[0] = new PollFd { Fd = dst, Events = 0 };
+                if (poll(fds, 1, 0) > 0 && fds[0].Revents != 0)
+                    return SpliceOutcome.DestinationFailed;
+                continue;
+            }
             // Both sockets are always watched: an error or hang-up on the one not waited for (the client left, or the
             // gateway closed the agent's connection, which shuts the socket down) ends the wait at once.
             // A source that hung up is not watched any more (its hang-up would end every wait at once); the next splice
@@ -314,6 +376,13 @@ public sealed unsafe partial class SplicePipe : IDisposable
     }
 
     [StructLayout(LayoutKind.Sequential)]
+    private struct TimeVal
+    {
+        public nint Seconds;
+        public nint Microseconds;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
     private struct PollFd
     {
         public int Fd;
@@ -338,4 +407,10 @@ public sealed unsafe partial class SplicePipe : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, int* value);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int getsockopt(int fd, int level, int name, void* value, int* length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int setsockopt(int fd, int level, int name, void* value, int length);
 }

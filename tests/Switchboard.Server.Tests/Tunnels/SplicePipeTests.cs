@@ -104,12 +104,13 @@ public sealed class SplicePipeTests
     }
 
     [Fact]
-    public async Task A_long_move_mutes_the_engines_epoll_registration_of_its_source_and_puts_it_back_exactly()
+    public async Task A_long_move_mutes_the_engines_epoll_registration_and_blocks_its_source_then_puts_both_back_exactly()
     {
         // The source has waited on an asynchronous receive, as Kestrel's and the agent's sockets have: .NET's engine has
-        // it registered. During a move of MuteFrom bytes or more the registration reports errors and hang-ups only; after
-        // it, the mask and the engine's key are what they were, and an asynchronous receive on the source completes again
-        // (with the registration left muted it would wait forever).
+        // it registered. During a move of MuteFrom bytes or more the registration reports errors and hang-ups only, and
+        // the source is blocking with a receive timeout (splices wait in the kernel); after it, the mask, the engine's
+        // key, the descriptor's flags and the receive timeout are what they were, and an asynchronous receive on the
+        // source completes again (with the registration left muted it would wait forever).
         var count = 4 * SplicePipe.MuteFrom;
         var data = Pattern(count + 1);
         using var pipe = NewPipe();
@@ -119,6 +120,9 @@ public sealed class SplicePipeTests
         var fd = (int)s.Source.Handle;
         Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var before), "the engine has no epoll registration of the source");
         Assert.NotEqual(0u, before.Events & 0x1); // EPOLLIN
+        var flags = SplicePipe.FileStatusFlags(fd);
+        Assert.NotEqual(0, flags & O_NONBLOCK);
+        SetReceiveTimeout(s.Source, TimeSpan.FromSeconds(7)); // not the move's: it must come back
 
         s.Destination.SendBufferSize = 64 * 1024; // small queues after the pipe, so the move waits on the receiver
         s.Receiver.ReceiveBufferSize = 64 * 1024;
@@ -134,6 +138,8 @@ public sealed class SplicePipeTests
         }
         Assert.False(move.IsCompleted, "the move ended before the receiver read");
         Assert.Equal(before with { Events = EpollMute.MutedEvents }, during);
+        Assert.Equal(flags & ~O_NONBLOCK, SplicePipe.FileStatusFlags(fd));
+        Assert.InRange(ReceiveTimeout(s.Source), TimeSpan.FromMilliseconds(240), TimeSpan.FromMilliseconds(260)); // the kernel keeps it in ticks
 
         var received = ReceiveToEndAsync(s.Receiver, timeout.Token);
         var result = await move.WaitAsync(Hang);
@@ -141,6 +147,8 @@ public sealed class SplicePipeTests
         Assert.Equal((SpliceOutcome.Completed, count), (result.Outcome, result.Moved));
         Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var after));
         Assert.Equal(before, after);
+        Assert.Equal(flags, SplicePipe.FileStatusFlags(fd));
+        Assert.Equal(TimeSpan.FromSeconds(7), ReceiveTimeout(s.Source));
         s.Destination.Shutdown(SocketShutdown.Send);
         Assert.Equal(Sha256(data.AsSpan(0, (int)count)), Sha256(await received));
 
@@ -366,6 +374,24 @@ public sealed class SplicePipeTests
     }
 
     // ---- helpers ----
+
+    private const int O_NONBLOCK = 0x800;
+
+    // SO_RCVTIMEO as the kernel holds it (Socket.ReceiveTimeout is .NET's own on Linux): a struct timeval.
+    private static void SetReceiveTimeout(Socket socket, TimeSpan timeout)
+    {
+        var value = new byte[16];
+        BitConverter.TryWriteBytes(value.AsSpan(0, 8), (long)timeout.TotalSeconds);
+        BitConverter.TryWriteBytes(value.AsSpan(8, 8), (long)(timeout.Ticks % TimeSpan.TicksPerSecond / 10));
+        socket.SetRawSocketOption(1, 20, value);
+    }
+
+    private static TimeSpan ReceiveTimeout(Socket socket)
+    {
+        var value = new byte[16];
+        Assert.Equal(16, socket.GetRawSocketOption(1, 20, value));
+        return TimeSpan.FromSeconds(BitConverter.ToInt64(value, 0)) + TimeSpan.FromMicroseconds(BitConverter.ToInt64(value, 8));
+    }
 
     /// <summary>A pipe; fails the test when this machine cannot make one (these tests run on Linux).</summary>
     private static SplicePipe NewPipe()
