@@ -22,10 +22,15 @@ namespace Switchboard.Transport;
 /// line naming both the socket's descriptor and its inode.
 /// </para>
 /// <para>
-/// Cost bound: the kernel writes one line of about 80 bytes per socket registered, about 1 µs each. A lookup reads at
-/// most the budget its caller gives (a move passes count / 512 bytes: a small share of what muting a move of that size
-/// saves) and gives up beyond it. Anything unexpected (not Linux, not x64 or arm64, no epoll instance holds the socket,
-/// budget spent, a failing call) leaves the registration as it is: the move works the same, only without the saving.
+/// Cost bound: the kernel writes the whole fdinfo file at the first read, one line of about 80 bytes per registered
+/// socket (about 2 µs each), and holds the epoll instance's lock meanwhile, so the engine's other sockets wait for it.
+/// A lookup is therefore made only when the process's descriptor table (<c>FDSize</c> in <c>/proc/self/status</c>, at
+/// least the number of open descriptors, so of registered sockets) could fill at most one byte of fdinfo per
+/// <see cref="BytesPerByteRead"/> bytes moved: with 256 descriptor slots from 80 MiB, with 16,384 from 5 GiB. That
+/// keeps the lookup, and the engine's wait, to about 6 ms per GiB moved at most. The reading itself stops at that
+/// budget too. Anything unexpected (not Linux, not x64 or arm64, no epoll instance holds the socket, too many
+/// descriptors for the count, budget spent, a failing call) leaves the registration as it is: the move works the
+/// same, only without the saving.
 /// </para>
 /// </summary>
 internal static unsafe partial class EpollMute
@@ -41,6 +46,12 @@ internal static unsafe partial class EpollMute
     private static readonly bool Supported = OperatingSystem.IsLinux() &&
         RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.Arm64;
 
+    /// <summary>Bytes a move must make per byte of fdinfo a lookup may read.</summary>
+    internal const long BytesPerByteRead = 4096;
+
+    /// <summary>About what the kernel writes per registered socket in fdinfo (measured: 79 bytes).</summary>
+    private const long LineBytes = 80;
+
     private static readonly Lock Gate = new();
     private static int[]? _epolls;
 
@@ -48,17 +59,27 @@ internal static unsafe partial class EpollMute
     internal readonly record struct Registration(int Epoll, uint Events, ulong Data);
 
     /// <summary>
-    /// Mutes <paramref name="fd"/>'s registration, reading at most <paramref name="budget"/> bytes of epoll bookkeeping
-    /// to find it. False, with nothing changed, when it is not found within the budget or cannot be changed.
+    /// The smallest move for which a lookup is made now: <see cref="SplicePipe.MuteFrom"/>, or more in a process with many
+    /// descriptors. <see cref="long.MaxValue"/> when nothing is muted here.
     /// </summary>
-    internal static bool TryMute(int fd, long budget, out Registration registration)
+    internal static long Threshold()
+    {
+        if (!Supported || DescriptorSlots() is not (> 0 and var slots))
+            return long.MaxValue;
+        return Math.Max(SplicePipe.MuteFrom, slots * LineBytes * BytesPerByteRead);
+    }
+
+    /// <summary>
+    /// Mutes <paramref name="fd"/>'s registration for a move of <paramref name="count"/> bytes, when that is at least
+    /// <see cref="Threshold"/>. False, with nothing changed, when it is below, not found within the budget, or cannot be
+    /// changed.
+    /// </summary>
+    internal static bool TryMute(int fd, long count, out Registration registration)
     {
         registration = default;
-        if (!Supported || budget <= 0)
-            return false;
         try
         {
-            if (!TryFind(fd, budget, out registration) || (registration.Events & ~MutedEvents) == 0)
+            if (count < Threshold() || !TryFind(fd, count / BytesPerByteRead, out registration) || (registration.Events & ~MutedEvents) == 0)
                 return false;
             return Modify(registration.Epoll, fd, MutedEvents, registration.Data);
         }
@@ -68,9 +89,30 @@ internal static unsafe partial class EpollMute
         }
     }
 
-    /// <summary>Puts back what <see cref="TryMute"/> changed (a socket closed meanwhile is no longer registered: nothing to do).</summary>
-    internal static void Restore(int fd, in Registration registration) =>
+    /// <summary>
+    /// Puts back what <see cref="TryMute"/> changed. Callers skip it for a socket its owner disposed meanwhile: the
+    /// engine has let go of it, and may have given its key to another socket. False when the kernel refused (the
+    /// socket is no longer registered).
+    /// </summary>
+    internal static bool Restore(int fd, in Registration registration) =>
         Modify(registration.Epoll, fd, registration.Events, registration.Data);
+
+    // FDSize: descriptor slots the process's table holds, at least the number of open descriptors; 0 when unknown.
+    private static long DescriptorSlots()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+            {
+                if (line.StartsWith("FDSize:", StringComparison.Ordinal))
+                    return long.TryParse(line.AsSpan(7).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var slots) ? slots : 0;
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+        }
+        return 0;
+    }
 
     /// <summary>
     /// Finds <paramref name="fd"/>'s registration in this process's epoll instances. Internal for tests, which read the

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
@@ -41,6 +42,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
     private const int F_SETPIPE_SZ = 1031;
     private const int SOL_SOCKET = 1;
     private const int SO_RCVTIMEO = 20;
+    private const int SO_SNDTIMEO = 21;
     private const int F_GETPIPE_SZ = 1032;
     private const uint SPLICE_F_MOVE = 1;
     private const uint SPLICE_F_NONBLOCK = 2;
@@ -58,8 +60,8 @@ public sealed unsafe partial class SplicePipe : IDisposable
     private const int WantedCapacity = 1024 * 1024;
 
     /// <summary>
-    /// Moves of at least this many bytes mute the .NET socket engine's epoll registration of the source for their length
-    /// (<see cref="EpollMute"/>), looking it up with a budget of count / 512 bytes.
+    /// Moves of at least this many bytes (more in a process with many descriptors: <see cref="EpollMute.Threshold"/>)
+    /// mute the .NET socket engine's epoll registration of the source for their length (<see cref="EpollMute"/>).
     /// </summary>
     internal const long MuteFrom = 4 * 1024 * 1024;
 
@@ -144,8 +146,8 @@ public sealed unsafe partial class SplicePipe : IDisposable
             }
             var fd = (int)src.DangerousGetHandle();
             EpollMute.Registration registration = default;
-            var muted = count >= MuteFrom && EpollMute.TryMute(fd, count / 512, out registration);
-            var waits = TryWaitInKernel(fd, out var flags, out var timeout);
+            var muted = count >= MuteFrom && EpollMute.TryMute(fd, count, out registration);
+            var waits = TryWaitInKernel(fd, out var saved);
             try
             {
                 return Move(source, src, dst, count, stall, waits, cancellationToken, ref moved);
@@ -153,9 +155,11 @@ public sealed unsafe partial class SplicePipe : IDisposable
             finally
             {
                 if (waits)
-                    StopWaitingInKernel(fd, flags, timeout);
-                if (muted)
-                    EpollMute.Restore(fd, registration);
+                    StopWaitingInKernel(fd, saved);
+                // Not for a socket its owner disposed meanwhile: the engine has let go of it and may have given its key
+                // to another socket, which the restored mask would send spurious events.
+                if (muted && !IsDisposed(source) && !EpollMute.Restore(fd, registration))
+                    Debug.Fail("the epoll registration of a live source could not be put back");
             }
         }
         finally
@@ -171,39 +175,49 @@ public sealed unsafe partial class SplicePipe : IDisposable
     /// Makes reads of <paramref name="fd"/> wait in the kernel, at most a poll interval (blocking, with that receive
     /// timeout), for the length of a move; false, with nothing changed, when that fails. The owner of the socket has no
     /// operation on it meanwhile: Kestrel's reader is parked on its full input pipe, and the agent's HTTP handler sends
-    /// the whole request before it reads the response and is inside this read. Disposing the socket still ends a
-    /// waiting splice at once: .NET disconnects a socket closed while in use.
+    /// the whole request before it reads the response (the gateway strips <c>Expect</c> from forwarded requests, so
+    /// the handler never answers a response early while still sending). Should one come anyway, the send timeout set
+    /// too bounds how long it can block its thread. Disposing the socket still ends a waiting splice at once: .NET
+    /// disconnects a socket closed while in use.
     /// </summary>
-    private static bool TryWaitInKernel(int fd, out int flags, out TimeVal timeout)
+    private static bool TryWaitInKernel(int fd, out SourceState saved)
     {
-        timeout = default;
-        flags = fcntl(fd, F_GETFL, 0);
+        saved = default;
+        var flags = fcntl(fd, F_GETFL, 0);
         if (flags < 0)
             return false;
-        TimeVal saved;
+        TimeVal receive, send;
         var length = sizeof(TimeVal);
-        if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &saved, &length) != 0)
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &receive, &length) != 0)
             return false;
-        timeout = saved;
+        length = sizeof(TimeVal);
+        if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send, &length) != 0)
+            return false;
+        saved = new SourceState(flags, receive, send);
         var wait = new TimeVal { Seconds = 0, Microseconds = PollMilliseconds * 1000 };
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(TimeVal)) != 0)
-            return false;
-        if ((flags & O_NONBLOCK) != 0 && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(TimeVal)) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof(TimeVal)) != 0 ||
+            ((flags & O_NONBLOCK) != 0 && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0))
         {
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &saved, sizeof(TimeVal));
+            StopWaitingInKernel(fd, saved);
             return false;
         }
         return true;
     }
 
+    private static void StopWaitingInKernel(int fd, in SourceState saved)
+    {
+        fcntl(fd, F_SETFL, saved.Flags);
+        var receive = saved.ReceiveTimeout;
+        var send = saved.SendTimeout;
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &receive, sizeof(TimeVal));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send, sizeof(TimeVal));
+    }
+
+    private readonly record struct SourceState(int Flags, TimeVal ReceiveTimeout, TimeVal SendTimeout);
+
     /// <summary>The descriptor's file status flags (<c>F_GETFL</c>), for tests: -1 on failure.</summary>
     internal static int FileStatusFlags(int fd) => fcntl(fd, F_GETFL, 0);
-
-    private static void StopWaitingInKernel(int fd, int flags, TimeVal timeout)
-    {
-        fcntl(fd, F_SETFL, flags);
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(TimeVal));
-    }
 
     // With sourceWaits, the source is blocking with a receive timeout of one poll interval: a splice from it waits in
     // the kernel until bytes come and then takes what keeps coming, up to the count asked (tcp_splice_read goes on
@@ -224,6 +238,7 @@ public sealed unsafe partial class SplicePipe : IDisposable
         while (left > 0 || inPipe > 0)
         {
             var progressed = false;
+            var interrupted = false;
             var waitIn = false;
             var waitOut = false;
             if (left > 0 && (sourceWaits ? inPipe == 0 : inPipe < _capacity))
@@ -247,7 +262,9 @@ public sealed unsafe partial class SplicePipe : IDisposable
                     var error = Marshal.GetLastPInvokeError();
                     if (error == EAGAIN && !sourceHungUp)
                         waitIn = true;
-                    else if (error != EINTR)
+                    else if (error == EINTR)
+                        interrupted = true;
+                    else
                     {
                         sourceFailed = true;
                         left = 0;
@@ -274,7 +291,9 @@ public sealed unsafe partial class SplicePipe : IDisposable
                     var error = Marshal.GetLastPInvokeError();
                     if (error == EAGAIN)
                         waitOut = true;
-                    else if (error != EINTR)
+                    else if (error == EINTR)
+                        interrupted = true;
+                    else
                         return SpliceOutcome.DestinationFailed;
                 }
             }
@@ -283,6 +302,10 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 lastProgress = Environment.TickCount64;
                 continue;
             }
+            if (left == 0 && inPipe == 0)
+                break; // the source ended with the pipe empty: nothing is left to wait for
+            if (interrupted && !cancellationToken.IsCancellationRequested)
+                continue; // a signal: try again at once
             if (cancellationToken.IsCancellationRequested)
                 return SpliceOutcome.Canceled;
             if (Environment.TickCount64 - lastProgress > stallMs)

@@ -574,7 +574,9 @@ public sealed partial class TunnelForwarder(TunnelHub hub, TunnelRelay relay, Tu
         foreach (var (key, values) in context.Request.Headers)
         {
             // Expect: 100-continue was answered here (Kestrel sends 100 when the body is read); passed on, it would make
-            // the agent wait for a 100 from a local server that may never send one.
+            // the agent wait for a 100 from a local server that may never send one. Zero copy at the agent relies on
+            // this too: without Expect, its HTTP handler sends the whole request before it reads the response, so no
+            // send is under way on the local connection while a splice reads it (SplicePipe.TryWaitInKernel).
             if (HopByHop.IsHopByHop(key, listed) || key.Equals("Expect", StringComparison.OrdinalIgnoreCase) ||
                 key.StartsWith("Sec-WebSocket-", StringComparison.OrdinalIgnoreCase) && !key.Equals("Sec-WebSocket-Protocol", StringComparison.OrdinalIgnoreCase))
                 continue;

@@ -95,6 +95,31 @@ public sealed class LocalApp : IAsyncDisposable
             if (sent < size)
                 await c.Response.Body.WriteAsync(data.AsMemory(sent), c.RequestAborted);
         });
+        app.MapPost("/upload-download", async (HttpContext c, long size) =>
+        {
+            // Reads the whole upload, then answers with `size` bytes of the /download pattern and the upload's length
+            // and SHA-256 in X-Upload.
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            var buffer = new byte[64 * 1024];
+            long total = 0;
+            int n;
+            while ((n = await c.Request.Body.ReadAsync(buffer, c.RequestAborted)) > 0)
+            {
+                sha.AppendData(buffer, 0, n);
+                total += n;
+            }
+            c.Response.Headers["X-Upload"] = $"{total}:{Convert.ToHexStringLower(sha.GetHashAndReset())}";
+            c.Response.ContentType = "application/octet-stream";
+            c.Response.ContentLength = size;
+            for (long sent = 0; sent < size;)
+            {
+                var k = (int)Math.Min(buffer.Length, size - sent);
+                for (var i = 0; i < k; i++)
+                    buffer[i] = (byte)((sent + i) * 31 % 251);
+                await c.Response.Body.WriteAsync(buffer.AsMemory(0, k), c.RequestAborted);
+                sent += k;
+            }
+        });
         app.MapPost("/upload", async (HttpContext c) =>
         {
             using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);

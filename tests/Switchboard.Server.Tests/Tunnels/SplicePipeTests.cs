@@ -107,12 +107,16 @@ public sealed class SplicePipeTests
     public async Task A_long_move_mutes_the_engines_epoll_registration_and_blocks_its_source_then_puts_both_back_exactly()
     {
         // The source has waited on an asynchronous receive, as Kestrel's and the agent's sockets have: .NET's engine has
-        // it registered. During a move of MuteFrom bytes or more the registration reports errors and hang-ups only, and
-        // the source is blocking with a receive timeout (splices wait in the kernel); after it, the mask, the engine's
-        // key, the descriptor's flags and the receive timeout are what they were, and an asynchronous receive on the
-        // source completes again (with the registration left muted it would wait forever).
-        var count = 4 * SplicePipe.MuteFrom;
-        var data = Pattern(count + 1);
+        // it registered. During a long enough move the registration reports errors and hang-ups only, and the source is
+        // blocking with receive and send timeouts of one poll interval (splices wait in the kernel). After the move,
+        // here cancelled while it waits on a receiver that does not read, the mask, the engine's key, the descriptor's
+        // flags and both timeouts are what they were, and asynchronous receives on the source complete again as bytes
+        // come (with the registration left muted they would wait forever).
+        var threshold = EpollMute.Threshold();
+        Assert.True(threshold < long.MaxValue, "this system mutes nothing");
+        var count = Math.Max(threshold, 4 * SplicePipe.MuteFrom); // more than will be sent: the move is cancelled
+        const int sent = 4 * 1024 * 1024;
+        var data = Pattern(sent + 1);
         using var pipe = NewPipe();
         using var s = await Sockets.OpenAsync();
         using var timeout = new CancellationTokenSource(Hang);
@@ -122,12 +126,14 @@ public sealed class SplicePipeTests
         Assert.NotEqual(0u, before.Events & 0x1); // EPOLLIN
         var flags = SplicePipe.FileStatusFlags(fd);
         Assert.NotEqual(0, flags & O_NONBLOCK);
-        SetReceiveTimeout(s.Source, TimeSpan.FromSeconds(7)); // not the move's: it must come back
+        SetTimeout(s.Source, SO_RCVTIMEO, TimeSpan.FromSeconds(7)); // not the move's: they must come back
+        SetTimeout(s.Source, SO_SNDTIMEO, TimeSpan.FromSeconds(9));
 
         s.Destination.SendBufferSize = 64 * 1024; // small queues after the pipe, so the move waits on the receiver
         s.Receiver.ReceiveBufferSize = 64 * 1024;
-        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(8), CancellationToken.None);
-        var sending = s.Sender.SendAsync(data.AsMemory(0, (int)count), timeout.Token).AsTask();
+        using var cancel = new CancellationTokenSource();
+        var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(30), cancel.Token);
+        var sending = s.Sender.SendAsync(data.AsMemory(0, sent), timeout.Token).AsTask();
         EpollMute.Registration during;
         while (true) // the move has started once the mask changes; it cannot end before the receiver reads
         {
@@ -139,26 +145,105 @@ public sealed class SplicePipeTests
         Assert.False(move.IsCompleted, "the move ended before the receiver read");
         Assert.Equal(before with { Events = EpollMute.MutedEvents }, during);
         Assert.Equal(flags & ~O_NONBLOCK, SplicePipe.FileStatusFlags(fd));
-        Assert.InRange(ReceiveTimeout(s.Source), TimeSpan.FromMilliseconds(240), TimeSpan.FromMilliseconds(260)); // the kernel keeps it in ticks
+        Assert.InRange(Timeout(s.Source, SO_RCVTIMEO), TimeSpan.FromMilliseconds(240), TimeSpan.FromMilliseconds(260)); // kept in ticks
+        Assert.InRange(Timeout(s.Source, SO_SNDTIMEO), TimeSpan.FromMilliseconds(240), TimeSpan.FromMilliseconds(260));
 
-        var received = ReceiveToEndAsync(s.Receiver, timeout.Token);
+        await cancel.CancelAsync();
         var result = await move.WaitAsync(Hang);
-        await sending;
-        Assert.Equal((SpliceOutcome.Completed, count), (result.Outcome, result.Moved));
+        Assert.Equal(SpliceOutcome.Canceled, result.Outcome);
         Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var after));
         Assert.Equal(before, after);
         Assert.Equal(flags, SplicePipe.FileStatusFlags(fd));
-        Assert.Equal(TimeSpan.FromSeconds(7), ReceiveTimeout(s.Source));
+        Assert.Equal(TimeSpan.FromSeconds(7), Timeout(s.Source, SO_RCVTIMEO));
+        Assert.Equal(TimeSpan.FromSeconds(9), Timeout(s.Source, SO_SNDTIMEO));
+
+        // What moved reached the receiver in order (what the pipe held when cancelled is dropped with it). The rest is read
+        // from the source with asynchronous receives, which wait on the engine whenever the sender is behind, and ends
+        // with the end of what was sent.
         s.Destination.Shutdown(SocketShutdown.Send);
-        Assert.Equal(Sha256(data.AsSpan(0, (int)count)), Sha256(await received));
+        Assert.Equal(Sha256(data.AsSpan(0, (int)result.Moved)), Sha256(await ReceiveToEndAsync(s.Receiver, timeout.Token)));
+        using var rest = new MemoryStream();
+        var chunk = new byte[256 * 1024];
+        while (!sending.IsCompleted || SplicePipe.Unacknowledged(s.Sender) > 0 || s.Source.Available > 0)
+        {
+            var n = await s.Source.ReceiveAsync(chunk, timeout.Token).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
+            Assert.True(n > 0);
+            rest.Write(chunk, 0, n);
+        }
+        await sending;
+        Assert.InRange(rest.Length, 1, sent - result.Moved);
+        Assert.Equal(Sha256(data.AsSpan(sent - (int)rest.Length, (int)rest.Length)), Sha256(rest.ToArray()));
 
         var buffer = new byte[16];
         var receiving = s.Source.ReceiveAsync(buffer, timeout.Token).AsTask();
         await Task.Delay(50, timeout.Token);
         Assert.False(receiving.IsCompleted); // waiting on the engine, not completed from what was already there
-        await s.Sender.SendAsync(data.AsMemory((int)count), timeout.Token);
+        await s.Sender.SendAsync(data.AsMemory(sent), timeout.Token);
         Assert.Equal(1, await receiving.WaitAsync(TimeSpan.FromSeconds(5)));
-        Assert.Equal(data[count], buffer[0]);
+        Assert.Equal(data[sent], buffer[0]);
+    }
+
+    [Fact]
+    public async Task A_source_ending_with_the_pipe_empty_ends_the_move_at_once_not_a_poll_interval_later()
+    {
+        // The sender sends a piece, the receiver reads it, and the move waits in the kernel for more; then the sender
+        // closes. The move must end as soon as the splice sees the end (the old loop then waited 250 ms for nothing,
+        // which is also how long a disposing owner waited). The median of five stays far below that on a loaded machine.
+        var took = new List<double>();
+        for (var i = 0; i < 5; i++)
+        {
+            using var pipe = NewPipe();
+            using var s = await Sockets.OpenAsync();
+            using var timeout = new CancellationTokenSource(Hang);
+            var move = MoveAsync(pipe, s, 64 * MiB, TimeSpan.FromSeconds(30), timeout.Token);
+            await s.Sender.SendAsync(Pattern(64 * 1024), timeout.Token);
+            var buffer = new byte[64 * 1024];
+            for (var read = 0; read < buffer.Length;)
+                read += await s.Receiver.ReceiveAsync(buffer.AsMemory(read), timeout.Token);
+            await Task.Delay(100, timeout.Token);
+            Assert.False(move.IsCompleted);
+            var clock = Stopwatch.StartNew();
+            s.Sender.Shutdown(SocketShutdown.Send);
+            var result = await move.WaitAsync(Hang);
+            took.Add(clock.Elapsed.TotalMilliseconds);
+            Assert.Equal((SpliceOutcome.SourceFailed, 64L * 1024), (result.Outcome, result.Moved));
+        }
+        took.Sort();
+        Assert.True(took[2] < 100, $"the move ended {string.Join(", ", took.Select(t => $"{t:0}"))} ms after the source's end");
+    }
+
+    [Fact]
+    public async Task Bytes_held_in_the_pipe_go_out_as_the_receiver_reads_while_the_source_is_dry()
+    {
+        // The receiver does not read at first, so the move fills the small queues after the pipe and holds bytes in the
+        // pipe, and the rest of 768 KiB waits before it; the sender then has nothing more. When the receiver reads, what the pipe holds must follow at the
+        // receiver's pace: a splice from the dry source (which waits a poll interval in the kernel) must not come before
+        // each refill of the destination (with that order 768 KiB took 1.7-2.6 s here, against 2-103 ms).
+        const int sent = 768 * 1024; // less than the pipe holds
+        var data = Pattern(sent);
+        using var pipe = NewPipe();
+        using var s = await Sockets.OpenAsync();
+        using var timeout = new CancellationTokenSource(Hang);
+        s.Destination.SendBufferSize = 32 * 1024; // small queues: many refills of the destination
+        s.Receiver.ReceiveBufferSize = 32 * 1024;
+        var move = MoveAsync(pipe, s, 64 * MiB, TimeSpan.FromSeconds(30), timeout.Token);
+        var sending = s.Sender.SendAsync(data, timeout.Token).AsTask(); // it completes only once the receiver reads
+        await Task.Delay(300, timeout.Token);
+
+        var clock = Stopwatch.StartNew();
+        var received = new byte[sent];
+        for (var read = 0; read < sent;)
+        {
+            var n = await s.Receiver.ReceiveAsync(received.AsMemory(read), timeout.Token);
+            Assert.True(n > 0);
+            read += n;
+        }
+        var took = clock.Elapsed;
+        await sending;
+        Assert.Equal(Sha256(data), Sha256(received));
+        Assert.True(took < TimeSpan.FromMilliseconds(500), $"768 KiB took {took.TotalMilliseconds:0} ms to reach a reading receiver");
+        await timeout.CancelAsync();
+        Assert.Equal(SpliceOutcome.Canceled, (await move.WaitAsync(Hang)).Outcome);
     }
 
     [Fact]
@@ -169,7 +254,8 @@ public sealed class SplicePipeTests
         await RegisterWithEngineAsync(s, timeout.Token);
         var fd = (int)s.Source.Handle;
         Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var before));
-        Assert.False(EpollMute.TryMute(fd, 40, out _), "found within 40 bytes: less than one line of fdinfo");
+        Assert.False(EpollMute.TryFind(fd, 40, out _), "found within 40 bytes: less than one line of fdinfo");
+        Assert.False(EpollMute.TryMute(fd, SplicePipe.MuteFrom - 1, out _), "muted for a move below MuteFrom");
         Assert.True(EpollMute.TryFind(fd, long.MaxValue, out var unchanged));
         Assert.Equal(before, unchanged);
         Assert.False(EpollMute.TryFind((int)s.Destination.Handle, long.MaxValue, out _), "an accepted socket not used asynchronously yet is not registered");
@@ -377,19 +463,22 @@ public sealed class SplicePipeTests
 
     private const int O_NONBLOCK = 0x800;
 
-    // SO_RCVTIMEO as the kernel holds it (Socket.ReceiveTimeout is .NET's own on Linux): a struct timeval.
-    private static void SetReceiveTimeout(Socket socket, TimeSpan timeout)
+    private const int SO_RCVTIMEO = 20;
+    private const int SO_SNDTIMEO = 21;
+
+    // SO_RCVTIMEO or SO_SNDTIMEO as the kernel holds it (Socket.ReceiveTimeout is .NET's own on Linux): a struct timeval.
+    private static void SetTimeout(Socket socket, int option, TimeSpan timeout)
     {
         var value = new byte[16];
         BitConverter.TryWriteBytes(value.AsSpan(0, 8), (long)timeout.TotalSeconds);
         BitConverter.TryWriteBytes(value.AsSpan(8, 8), (long)(timeout.Ticks % TimeSpan.TicksPerSecond / 10));
-        socket.SetRawSocketOption(1, 20, value);
+        socket.SetRawSocketOption(1, option, value);
     }
 
-    private static TimeSpan ReceiveTimeout(Socket socket)
+    private static TimeSpan Timeout(Socket socket, int option)
     {
         var value = new byte[16];
-        Assert.Equal(16, socket.GetRawSocketOption(1, 20, value));
+        Assert.Equal(16, socket.GetRawSocketOption(1, option, value));
         return TimeSpan.FromSeconds(BitConverter.ToInt64(value, 0)) + TimeSpan.FromMicroseconds(BitConverter.ToInt64(value, 8));
     }
 

@@ -64,6 +64,27 @@ public sealed class TunnelDataPathTests
     }
 
     [Fact]
+    public async Task Upload_answered_with_a_large_body_goes_whole_both_ways_with_the_body_spliced()
+    {
+        // While a splice reads the local connection, that socket is blocking and its engine registration muted, which is
+        // safe because the agent's handler sends the whole request before it reads a response (the gateway answers and
+        // strips Expect). An upload answered with a large body must therefore go through whole both ways.
+        await using var h = await TunnelHarness.StartAsync();
+        var agent = h.Agent!;
+        Assert.True(agent.ZeroCopy);
+        var upload = RandomNumberGenerator.GetBytes((int)(6 * MiB));
+        using var request = new HttpRequestMessage(HttpMethod.Post, h.Path($"/upload-download?size={24 * MiB}"))
+        {
+            Content = new ByteArrayContent(upload),
+        };
+        request.Headers.ExpectContinue = true;
+        using var response = await ExactAsync(await h.Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead), 24 * MiB);
+        Assert.Equal($"{upload.Length}:{Convert.ToHexStringLower(SHA256.HashData(upload))}", Assert.Single(response.Headers.GetValues("X-Upload")));
+        await WaitForAsync(() => Task.FromResult(agent.DataPathBodies == 1), "the agent to count the 24 MiB body on the data path");
+        Assert.InRange(agent.SplicedBytes, 23 * MiB, 24 * MiB - 1);
+    }
+
+    [Fact]
     public async Task Data_path_min_bytes_zero_offers_nothing_and_large_bodies_go_over_the_websocket()
     {
         await using var h = await TunnelHarness.StartAsync(t => t.DataPathMinBytes = 0);
@@ -312,9 +333,12 @@ public sealed class TunnelDataPathTests
     private static readonly ConcurrentDictionary<long, string> PatternHashes = new();
 
     /// <summary>GETs <paramref name="url"/> and checks status, length and SHA-256 against <see cref="LocalApp.Pattern"/>; returns the response for its headers.</summary>
-    private static async Task<HttpResponseMessage> DownloadExactAsync(HttpClient client, string url, long size)
+    private static async Task<HttpResponseMessage> DownloadExactAsync(HttpClient client, string url, long size) =>
+        await ExactAsync(await client.GetAsync(url, HttpCompletionOption.ResponseHeadersRead), size);
+
+    /// <summary>Checks a 200 whose body is <paramref name="size"/> bytes of <see cref="LocalApp.Pattern"/>; disposes it on failure.</summary>
+    private static async Task<HttpResponseMessage> ExactAsync(HttpResponseMessage response, long size)
     {
-        var response = await client.GetAsync(url, HttpCompletionOption.ResponseHeadersRead);
         try
         {
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
