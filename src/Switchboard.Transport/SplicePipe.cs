@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
@@ -157,9 +156,11 @@ public sealed unsafe partial class SplicePipe : IDisposable
                 if (waits)
                     StopWaitingInKernel(fd, saved);
                 // Not for a socket its owner disposed meanwhile: the engine has let go of it and may have given its key
-                // to another socket, which the restored mask would send spurious events.
-                if (muted && !IsDisposed(source) && !EpollMute.Restore(fd, registration))
-                    Debug.Fail("the epoll registration of a live source could not be put back");
+                // to another socket, which the restored mask would send spurious events (harmless to the engine, and
+                // still possible if the dispose comes between the check and the restore). The kernel keeps the
+                // registration while the move holds the descriptor, so the restore itself does not fail.
+                if (muted && !IsDisposed(source))
+                    EpollMute.Restore(fd, registration);
             }
         }
         finally
@@ -304,12 +305,12 @@ public sealed unsafe partial class SplicePipe : IDisposable
             }
             if (left == 0 && inPipe == 0)
                 break; // the source ended with the pipe empty: nothing is left to wait for
-            if (interrupted && !cancellationToken.IsCancellationRequested)
-                continue; // a signal: try again at once
             if (cancellationToken.IsCancellationRequested)
                 return SpliceOutcome.Canceled;
             if (Environment.TickCount64 - lastProgress > stallMs)
                 return SpliceOutcome.Stalled;
+            if (interrupted)
+                continue; // a signal: try again at once
             if (waitIn && sourceWaits && Environment.TickCount64 - readStarted >= PollMilliseconds / 2)
             {
                 // The splice waited a poll interval for the source in the kernel. Did the destination fail meanwhile (an

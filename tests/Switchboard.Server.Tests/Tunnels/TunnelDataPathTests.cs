@@ -66,9 +66,10 @@ public sealed class TunnelDataPathTests
     [Fact]
     public async Task Upload_answered_with_a_large_body_goes_whole_both_ways_with_the_body_spliced()
     {
-        // While a splice reads the local connection, that socket is blocking and its engine registration muted, which is
-        // safe because the agent's handler sends the whole request before it reads a response (the gateway answers and
-        // strips Expect). An upload answered with a large body must therefore go through whole both ways.
+        // While a splice reads the local connection, that socket is blocking (and, for moves long enough for this
+        // process's descriptor count, its engine registration muted), which is safe because the agent's handler sends
+        // the whole request before it reads a response (the gateway answers and strips Expect). An upload answered with
+        // a large body must therefore go through whole both ways.
         await using var h = await TunnelHarness.StartAsync();
         var agent = h.Agent!;
         Assert.True(agent.ZeroCopy);
