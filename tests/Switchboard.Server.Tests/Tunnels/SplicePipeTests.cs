@@ -87,6 +87,9 @@ public sealed class SplicePipeTests
 
         s.Destination.SendBufferSize = 64 * 1024; // small queues after the pipe, so the move waits on the receiver
         s.Receiver.ReceiveBufferSize = 64 * 1024;
+        // Room in the source for what the pipe does not take: the move reads the source only when the pipe is empty,
+        // so while it waits on the receiver, the rest of the body must fit in the source's queue to be acknowledged.
+        s.Source.ReceiveBufferSize = 4 * 1024 * 1024;
         var move = MoveAsync(pipe, s, count, TimeSpan.FromSeconds(8), CancellationToken.None);
         Assert.Equal(count, await s.Sender.SendAsync(data, timeout.Token));
         while (SplicePipe.Unacknowledged(s.Sender) != 0)
