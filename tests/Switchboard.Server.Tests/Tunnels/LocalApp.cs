@@ -42,6 +42,36 @@ public sealed class LocalApp : IAsyncDisposable
         return data;
     }
 
+    /// <summary>Reads the request body to its end: "length:sha256-hex".</summary>
+    private static async Task<string> LengthAndHashAsync(HttpContext c)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[64 * 1024];
+        long total = 0;
+        int n;
+        while ((n = await c.Request.Body.ReadAsync(buffer, c.RequestAborted)) > 0)
+        {
+            sha.AppendData(buffer, 0, n);
+            total += n;
+        }
+        return $"{total}:{Convert.ToHexStringLower(sha.GetHashAndReset())}";
+    }
+
+    /// <summary>Answers with <paramref name="size"/> bytes of <see cref="Pattern"/>, in 64 KiB writes, with Content-Length.</summary>
+    private static async Task WritePatternAsync(HttpContext c, long size)
+    {
+        c.Response.ContentLength = size;
+        var chunk = new byte[64 * 1024];
+        for (long sent = 0; sent < size;)
+        {
+            var n = (int)Math.Min(chunk.Length, size - sent);
+            for (var i = 0; i < n; i++)
+                chunk[i] = (byte)((sent + i) * 31 % 251);
+            await c.Response.Body.WriteAsync(chunk.AsMemory(0, n), c.RequestAborted);
+            sent += n;
+        }
+    }
+
     public static async Task<LocalApp> StartAsync()
     {
         var builder = WebApplication.CreateSlimBuilder();
@@ -67,16 +97,7 @@ public sealed class LocalApp : IAsyncDisposable
                 c.Response.Headers.Append("Set-Cookie", "a=1; Path=/");
                 c.Response.Headers.Append("Set-Cookie", "b=2; Path=/; HttpOnly");
             }
-            c.Response.ContentLength = size;
-            var chunk = new byte[64 * 1024];
-            for (long sent = 0; sent < size;)
-            {
-                var n = (int)Math.Min(chunk.Length, size - sent);
-                for (var i = 0; i < n; i++)
-                    chunk[i] = (byte)((sent + i) * 31 % 251);
-                await c.Response.Body.WriteAsync(chunk.AsMemory(0, n), c.RequestAborted);
-                sent += n;
-            }
+            await WritePatternAsync(c, size);
         });
         app.MapGet("/gated", async (HttpContext c, long size, int chunk, int gated) =>
         {
@@ -99,40 +120,11 @@ public sealed class LocalApp : IAsyncDisposable
         {
             // Reads the whole upload, then answers with `size` bytes of the /download pattern and the upload's length
             // and SHA-256 in X-Upload.
-            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            var buffer = new byte[64 * 1024];
-            long total = 0;
-            int n;
-            while ((n = await c.Request.Body.ReadAsync(buffer, c.RequestAborted)) > 0)
-            {
-                sha.AppendData(buffer, 0, n);
-                total += n;
-            }
-            c.Response.Headers["X-Upload"] = $"{total}:{Convert.ToHexStringLower(sha.GetHashAndReset())}";
+            c.Response.Headers["X-Upload"] = await LengthAndHashAsync(c);
             c.Response.ContentType = "application/octet-stream";
-            c.Response.ContentLength = size;
-            for (long sent = 0; sent < size;)
-            {
-                var k = (int)Math.Min(buffer.Length, size - sent);
-                for (var i = 0; i < k; i++)
-                    buffer[i] = (byte)((sent + i) * 31 % 251);
-                await c.Response.Body.WriteAsync(buffer.AsMemory(0, k), c.RequestAborted);
-                sent += k;
-            }
+            await WritePatternAsync(c, size);
         });
-        app.MapPost("/upload", async (HttpContext c) =>
-        {
-            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            var buffer = new byte[64 * 1024];
-            long total = 0;
-            int n;
-            while ((n = await c.Request.Body.ReadAsync(buffer, c.RequestAborted)) > 0)
-            {
-                sha.AppendData(buffer, 0, n);
-                total += n;
-            }
-            return $"{total}:{Convert.ToHexStringLower(sha.GetHashAndReset())}";
-        });
+        app.MapPost("/upload", (Func<HttpContext, Task<string>>)LengthAndHashAsync); // the string is the answer
         app.MapGet("/sse", async (HttpContext c, int n) =>
         {
             c.Response.ContentType = "text/event-stream";
